@@ -1,0 +1,221 @@
+"""AnomalyDINO: DINOv2 patch features matched to a few normal references by cosine kNN.
+
+The reference method is Damm et al., "AnomalyDINO: Boosting Patch-based Few-shot Anomaly Detection
+with DINOv2" (WACV 2025): last-layer patch tokens, nearest-neighbour cosine distance to the patches
+of the reference images, and an image score equal to the mean of the highest 1% of patch distances.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Final
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pytest_adrobust.detectors.knn import FaissBank, pool_image_scores, torch_patch_distances
+from pytest_adrobust.detectors.weights import RANDOM_INIT, WeightsInfo, resolve_weights
+from pytest_adrobust.errors import AdrobustError
+
+logger = logging.getLogger("pytest_adrobust")
+
+DEFAULT_BACKBONE: Final = "vit_small_patch14_dinov2.lvd142m"
+DEFAULT_RESOLUTION: Final = 448
+IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
+IMAGENET_STD: Final = (0.229, 0.224, 0.225)
+
+
+def create_backbone(name: str, resolution: int, seed: int) -> nn.Module:
+    """Create a timm ViT with a seeded random initialisation and no classifier head.
+
+    Raises
+    ------
+    AdrobustError
+        When timm does not know ``name``.
+    """
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return timm.create_model(
+                name, pretrained=False, num_classes=0, img_size=resolution, dynamic_img_size=True
+            )
+    except RuntimeError as error:
+        if "Unknown model" not in str(error):
+            raise
+        known = ", ".join(timm.list_models("*dinov2*"))
+        raise AdrobustError(f"unknown backbone {name!r}: use a timm model name such as {known}") from error
+
+
+class AnomalyDINO(nn.Module):
+    """DINOv2 kNN few-shot anomaly detector, differentiable from pixels to image scores.
+
+    Parameters
+    ----------
+    backbone : str
+        timm model name; the default is DINOv2 ViT-S/14 with its LVD-142M pretrained tag.
+    weights : str
+        ``auto``, ``pretrained``, ``random`` or a path to a ``.safetensors``/``.pth`` file; see
+        :func:`pytest_adrobust.detectors.weights.resolve_weights`.
+    resolution : int
+        Smaller image edge in pixels after the one resize on load (448 in AnomalyDINO).
+    device : str or torch.device
+        Where the backbone runs. Scoring without gradients uses faiss on the CPU and the torch
+        path elsewhere.
+    top_fraction : float
+        Share of the highest patch distances that the image score averages (1% in AnomalyDINO).
+    seed : int
+        Seed of the random initialisation, used whenever no weights are loaded.
+    """
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        *,
+        weights: str = "auto",
+        resolution: int = DEFAULT_RESOLUTION,
+        device: str | torch.device = "cpu",
+        top_fraction: float = 0.01,
+        seed: int = 0,
+    ) -> None:
+        if not isinstance(resolution, int) or resolution < 14:
+            raise AdrobustError(f"invalid resolution {resolution!r}: use an integer of at least 14 pixels")
+        model = create_backbone(backbone, resolution, seed)
+        info = resolve_weights(model, backbone, weights, seed)
+        self._setup(model, backbone, info, resolution, device, top_fraction)
+
+    @classmethod
+    def from_module(
+        cls,
+        model: nn.Module,
+        name: str,
+        *,
+        resolution: int,
+        device: str | torch.device = "cpu",
+        top_fraction: float = 0.01,
+        weights: str = "user module",
+    ) -> AnomalyDINO:
+        """Wrap an existing timm ``VisionTransformer`` (any size) as the detector's backbone.
+
+        The module must provide ``forward_features`` returning ``(B, T, D)`` tokens after the final
+        norm, ``num_prefix_tokens`` and ``patch_embed.patch_size``. ``weights`` describes where its
+        weights came from in summaries.
+        """
+        detector = cls.__new__(cls)
+        info = WeightsInfo(weights, None, None, None)
+        detector._setup(model, name, info, resolution, device, top_fraction)
+        return detector
+
+    def _setup(
+        self,
+        model: nn.Module,
+        name: str,
+        info: WeightsInfo,
+        resolution: int,
+        device: str | torch.device,
+        top_fraction: float,
+    ) -> None:
+        nn.Module.__init__(self)
+        if not 0.0 < top_fraction <= 1.0:
+            raise AdrobustError(f"invalid top_fraction {top_fraction!r}: use a share in (0, 1]")
+        patch = model.patch_embed.patch_size
+        self.patch_size = int(patch[0] if isinstance(patch, (tuple, list)) else patch)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 1))
+        self.backbone_name = name
+        self.weights_info = info
+        self.resolution = resolution
+        self.top_fraction = top_fraction
+        self.device = torch.device(device)
+
+        # Frozen and in eval mode: dropout or drop-path would make the attacked and clean passes
+        # see different networks, and the attack needs gradients for the input only.
+        model.eval()
+        model.requires_grad_(False)
+        self.model = model.to(self.device)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1))
+        self.bank: torch.Tensor | None = None
+        self._faiss: FaissBank | None = None
+        self._fingerprint: str | None = None
+        self.eval()
+
+    def train(self, mode: bool = True) -> AnomalyDINO:
+        """Keep the backbone in eval mode whatever ``mode`` says, because the protocol needs a fixed network."""
+        return super().train(False)
+
+    def patch_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Return L2-normalised last-layer patch tokens ``(B, P, D)`` of images in [0, 1].
+
+        ImageNet normalisation happens here, inside the differentiable path, so gradients and
+        budgets refer to pixel values. Class and register tokens are dropped.
+        """
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise AdrobustError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        tokens = self.model.forward_features((images - self.mean) / self.std)
+        return F.normalize(tokens[:, self.num_prefix_tokens :], dim=-1)
+
+    @torch.no_grad()
+    def fit(self, references: torch.Tensor, batch_size: int = 8) -> None:
+        """Build the memory bank from the patches of normal reference images ``(R, 3, H, W)``."""
+        if references.ndim != 4 or references.shape[0] == 0:
+            raise AdrobustError(f"expected at least one reference image (R, 3, H, W), got {tuple(references.shape)}")
+        parts = [
+            self.patch_features(references[start : start + batch_size].to(self.device)).flatten(0, 1)
+            for start in range(0, references.shape[0], batch_size)
+        ]
+        self.bank = torch.cat(parts)
+        self._faiss = FaissBank(self.bank) if self.device.type == "cpu" else None
+
+    def _require_bank(self) -> torch.Tensor:
+        if self.bank is None:
+            raise AdrobustError("the detector has no references: call fit(references) first")
+        return self.bank
+
+    def score_and_embed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return image scores ``(B,)`` and mean-pooled patch features ``(B, D)``, differentiable in ``images``."""
+        bank = self._require_bank()
+        features = self.patch_features(images)
+        scores = pool_image_scores(torch_patch_distances(features, bank), self.top_fraction)
+        return scores, features.mean(dim=1)
+
+    def patch_distances(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the ``(B, P)`` nearest-neighbour cosine distances of each patch, without gradients."""
+        bank = self._require_bank()
+        with torch.no_grad():
+            features = self.patch_features(images)
+            if self._faiss is not None:
+                return self._faiss.patch_distances(features).to(self.device)
+            return torch_patch_distances(features, bank)
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        """Return image scores ``(B,)`` without gradients (faiss search on the CPU)."""
+        return pool_image_scores(self.patch_distances(images), self.top_fraction)
+
+    def fingerprint(self) -> str:
+        """Return a sha256 over the backbone's tensors and the scoring settings."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            settings = {
+                "detector": type(self).__name__,
+                "backbone": self.backbone_name,
+                "resolution": self.resolution,
+                "top_fraction": self.top_fraction,
+            }
+            digest.update(json.dumps(settings, sort_keys=True).encode())
+            for key, tensor in sorted(self.model.state_dict().items()):
+                digest.update(key.encode())
+                digest.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    def describe(self) -> dict[str, str]:
+        """Return the backbone name and a description of its weights."""
+        return {"backbone": self.backbone_name, "weights": self.weights_info.describe()}
+
+    @property
+    def random_init(self) -> bool:
+        """Whether the backbone runs with random weights rather than trained ones."""
+        return self.weights_info.source == RANDOM_INIT

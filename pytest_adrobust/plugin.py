@@ -1,0 +1,198 @@
+"""pytest hooks and fixtures of the adrobust plugin.
+
+The hooks only wire pytest to :class:`~pytest_adrobust.session.AdrobustSession`, which owns the
+run's state; option parsing lives in :mod:`pytest_adrobust.settings`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from pytest_adrobust.case import CaseResult
+from pytest_adrobust.detectors import AnomalyDINO, Detector
+from pytest_adrobust.errors import AdrobustError, AdrobustUsageError
+from pytest_adrobust.progress import RichProgress, SilentProgress
+from pytest_adrobust.report import build_report, write_json_atomic
+from pytest_adrobust.session import AdrobustSession, CaseParam, resolve_device
+from pytest_adrobust.settings import (
+    OPTIONS,
+    RunSettings,
+    case_settings,
+    check_marker_kwargs,
+    resolve,
+    run_settings,
+)
+from pytest_adrobust.summary import render_summary, summary_lines
+
+SESSION_PLUGIN_NAME = "adrobust-session"
+MARKER_HELP = (
+    "adrobust(datasets=..., eps=..., shots=..., attack=..., seed=..., max_images=..., max_auroc_drop=..., "
+    "max_ece=..., min_entropy_gap=...): settings and thresholds for the adrobust_case items of this test"
+)
+
+
+def _default_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return "not set" if value is None else str(value)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("adrobust", "adversarial robustness and calibration of anomaly detectors")
+    for option in OPTIONS:
+        group.addoption(
+            option.flag,
+            dest=f"adrobust_{option.name}",
+            default=None,
+            metavar=option.metavar,
+            help=f"{option.help} (default: {_default_text(option.default)})",
+        )
+        parser.addini(option.ini, f"{option.help} (default: {_default_text(option.default)})", default="")
+
+
+def _configured_values(config: pytest.Config) -> dict[str, Any]:
+    """Resolve every setting from the command line, then the ini file, then the defaults."""
+    cli = {option.name: config.getoption(f"adrobust_{option.name}") for option in OPTIONS}
+    ini = {option.name: (config.getini(option.ini) or None) for option in OPTIONS}
+    try:
+        return resolve([cli, ini], ["{flag}", "ini key {ini}"])
+    except AdrobustError as error:
+        raise AdrobustUsageError(str(error)) from None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", MARKER_HELP)
+    values = _configured_values(config)
+    session = AdrobustSession(run_settings(values), values)
+    config.pluginmanager.register(AdrobustPlugin(config, session), SESSION_PLUGIN_NAME)
+
+
+def _session(config: pytest.Config) -> AdrobustSession:
+    plugin = config.pluginmanager.get_plugin(SESSION_PLUGIN_NAME)
+    assert isinstance(plugin, AdrobustPlugin), "the adrobust plugin was not configured"
+    return plugin.session
+
+
+class AdrobustPlugin:
+    """Hooks that need the run's state; registered on the config by ``pytest_configure``."""
+
+    def __init__(self, config: pytest.Config, session: AdrobustSession) -> None:
+        self.config = config
+        self.session = session
+        self._validated_defaults = False
+
+    def _progress(self) -> None:
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        interactive = sys.stderr.isatty() and self.config.get_verbosity() >= 0
+        if interactive and capture is not None:
+            self.session.progress = RichProgress(capture.global_and_fixture_disabled)
+        else:
+            self.session.progress = SilentProgress()
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self._progress()
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "adrobust_case" not in metafunc.fixturenames:
+            return
+        # Markers closer to the test win: a method's marker beats its class's and module's.
+        marker_values: dict[str, Any] = {}
+        for marker in reversed(list(metafunc.definition.iter_markers("adrobust"))):
+            if marker.args:
+                pytest.fail(f"{metafunc.definition.nodeid}: the adrobust marker takes keyword arguments only, got {marker.args!r}", pytrace=False)
+            marker_values.update(marker.kwargs)
+        try:
+            check_marker_kwargs(marker_values)
+            values = resolve([marker_values, self.session.defaults], ["adrobust marker {name}=", "{flag}"])
+            settings = case_settings(values)
+            self.session.validate_case(settings)
+        except AdrobustError as error:
+            pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
+
+        params = [
+            CaseParam(dataset, shots, eps, settings)
+            for dataset in settings.datasets
+            for shots in settings.shots
+            for eps in settings.eps
+        ]
+        for param in params:
+            self.session.plan(param)
+        metafunc.parametrize("adrobust_case", params, ids=[self.session.case_id(p) for p in params], indirect=True)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.session.record_outcome(report)
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        path = self.session.run.report
+        if path is None or not self.session.evaluations:
+            return
+        data = build_report(self.session, time.time() - self.session.started)
+        self.session.report_replaced = write_json_atomic(path, data)
+        self.session.report_written = path
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.session.evaluations:
+            return
+        plain = not terminalreporter.isatty() or self.config.getoption("color", "auto") == "no"
+        text = render_summary(self.session, terminalreporter._tw.fullwidth, plain)
+        terminalreporter.write_sep("=", "adrobust summary")
+        for line in summary_lines(text):
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def adrobust_config(request: pytest.FixtureRequest) -> RunSettings:
+    """Session-wide settings: device, backbone, weights, resolution, batch size and report path."""
+    return _session(request.config).run
+
+
+@pytest.fixture(scope="session")
+def adrobust_device(adrobust_config: RunSettings) -> torch.device:
+    """Device the detector runs on: CUDA when ``auto`` finds it, else the CPU."""
+    try:
+        return resolve_device(adrobust_config.device)
+    except AdrobustError as error:
+        raise AdrobustUsageError(str(error)) from None
+
+
+@pytest.fixture(scope="session")
+def adrobust_detector(adrobust_config: RunSettings, adrobust_device: torch.device) -> Detector:
+    """The detector under test: AnomalyDINO with the configured backbone and weights.
+
+    Override this fixture in a ``conftest.py`` to test another detector that implements
+    :class:`pytest_adrobust.detectors.Detector`.
+    """
+    return AnomalyDINO(
+        adrobust_config.backbone,
+        weights=adrobust_config.weights,
+        resolution=adrobust_config.resolution,
+        device=adrobust_device,
+    )
+
+
+@pytest.fixture
+def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
+    """Metrics for one dataset, shot count and budget; the plugin parametrizes this fixture."""
+    param = getattr(request, "param", None)
+    if not isinstance(param, CaseParam):
+        raise AdrobustError("adrobust_case is parametrized by the adrobust plugin and cannot be requested indirectly here")
+    detector = request.getfixturevalue("adrobust_detector")
+    if not isinstance(detector, Detector):
+        raise AdrobustError(
+            f"adrobust_detector returned {type(detector).__name__}, which lacks the Detector methods "
+            "fit, score_and_embed, score, fingerprint and describe"
+        )
+    return _session(request.config).case_result(detector, param, request.node.nodeid)
+
+
+@pytest.fixture(scope="session")
+def adrobust_report(request: pytest.FixtureRequest) -> Iterator[AdrobustSession]:
+    """The run's state: every evaluation so far, the item outcomes and the report path."""
+    yield _session(request.config)

@@ -1,0 +1,197 @@
+"""The state of one robustness run: settings, shared evaluations, item outcomes and outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, final
+
+import pytest
+import torch
+
+from pytest_adrobust.case import CaseResult
+from pytest_adrobust.data import DatasetSplit, load_dataset, sample_case
+from pytest_adrobust.detectors import Detector
+from pytest_adrobust.errors import AdrobustError, AdrobustWarning
+from pytest_adrobust.evaluation import CaseEvaluation, CaseKey, attacked_scores, budget_metrics, evaluate_case
+from pytest_adrobust.progress import ProgressReporter, SilentProgress
+from pytest_adrobust.settings import Budget, CaseSettings, RunSettings
+
+logger = logging.getLogger("pytest_adrobust")
+
+
+@final
+@dataclass(frozen=True)
+class CaseParam:
+    """The parameter of one ``adrobust_case`` item: what to evaluate and which limits apply."""
+
+    dataset: str
+    shots: int
+    eps: Budget
+    settings: CaseSettings
+
+    def plan_key(self) -> tuple[str, int, int, int | None, str]:
+        return (self.dataset, self.shots, self.settings.seed, self.settings.max_images, self.settings.attack)
+
+
+@final
+@dataclass
+class DetectorInfo:
+    """How a detector ran: its descriptions, device and resolution, keyed by fingerprint."""
+
+    backbone: str
+    weights: str
+    device: str
+    resolution: int
+    random_init: bool
+
+
+@final
+@dataclass
+class ItemRecord:
+    """One test item that used ``adrobust_case`` and how it ended."""
+
+    nodeid: str
+    key: CaseKey
+    eps: Budget
+    thresholds: dict[str, float | None]
+    outcome: str = "not run"
+    message: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    """Return the torch device for a ``device`` setting; ``auto`` picks CUDA when available.
+
+    Raises
+    ------
+    AdrobustError
+        When CUDA is requested but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AdrobustError(f"device {name!r} requested but CUDA is not available here: use --adrobust-device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise AdrobustError(f"device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+@final
+class AdrobustSession:
+    """Owns a run's state, so that expensive work is done once per dataset, shot count and seed."""
+
+    def __init__(self, run: RunSettings, defaults: dict[str, Any], progress: ProgressReporter | None = None) -> None:
+        self.run = run
+        self.defaults = defaults
+        self.progress: ProgressReporter = progress or SilentProgress()
+        self.started = time.time()
+        self.started_at = datetime.now(timezone.utc)
+        self.splits: dict[str, DatasetSplit] = {}
+        self.planned: dict[tuple[str, int, int, int | None, str], set[Budget]] = defaultdict(set)
+        self.evaluations: dict[CaseKey, CaseEvaluation] = {}
+        self.detectors: dict[str, DetectorInfo] = {}
+        self.items: dict[str, ItemRecord] = {}
+        self.report_written: Path | None = None
+        self.report_replaced = False
+
+    def split(self, spec: str) -> DatasetSplit:
+        """Return the dataset for ``spec``, loading its index once per session."""
+        if spec not in self.splits:
+            self.splits[spec] = load_dataset(spec)
+        return self.splits[spec]
+
+    def validate_case(self, settings: CaseSettings) -> None:
+        """Check that every dataset loads and supports the draws ``settings`` ask for.
+
+        Raises :class:`AdrobustError` naming the dataset, before any model runs.
+        """
+        for spec in settings.datasets:
+            split = self.split(spec)
+            for shots in settings.shots:
+                sample_case(split, shots, settings.max_images, settings.seed)
+
+    def plan(self, param: CaseParam) -> None:
+        """Record that an item will ask for ``param``, so its case evaluates all budgets in one go."""
+        self.planned[param.plan_key()].add(param.eps)
+
+    def case_id(self, param: CaseParam) -> str:
+        """Return the readable test id, such as ``elpv-mono-4shot-eps4/255``."""
+        return f"{self.split(param.dataset).name}-{param.shots}shot-eps{param.eps}"
+
+    def case_result(self, detector: Detector, param: CaseParam, nodeid: str) -> CaseResult:
+        """Return the result for ``param``, evaluating its case on first use."""
+        settings = param.settings
+        fingerprint = detector.fingerprint()
+        key = CaseKey(param.dataset, param.shots, settings.seed, settings.max_images, settings.attack, fingerprint)
+        if fingerprint not in self.detectors:
+            described = detector.describe()
+            self.detectors[fingerprint] = DetectorInfo(
+                backbone=described.get("backbone", type(detector).__name__),
+                weights=described.get("weights", "unknown"),
+                device=str(detector.device),
+                resolution=int(detector.resolution),
+                random_init="random-init" in described.get("weights", ""),
+            )
+
+        evaluation = self.evaluations.get(key)
+        if evaluation is None:
+            budgets = self.planned.get(param.plan_key(), set()) | {param.eps}
+            evaluation = evaluate_case(
+                detector, self.split(param.dataset), key, sorted(budgets), self.run.batch_size, self.progress
+            )
+            self.evaluations[key] = evaluation
+            for message in evaluation.warnings:
+                warnings.warn(AdrobustWarning(message), stacklevel=2)
+        elif param.eps not in evaluation.budgets:
+            scores = attacked_scores(detector, evaluation.prepared, param.eps, self.run.batch_size, self.progress)
+            evaluation.budgets[param.eps] = budget_metrics(evaluation.prepared, param.eps, scores)
+
+        self.items[nodeid] = ItemRecord(
+            nodeid=nodeid,
+            key=key,
+            eps=param.eps,
+            thresholds={
+                "max_auroc_drop": settings.thresholds.max_auroc_drop,
+                "max_ece": settings.thresholds.max_ece,
+                "min_entropy_gap": settings.thresholds.min_entropy_gap,
+            },
+        )
+        return CaseResult(
+            dataset=evaluation.prepared.dataset_name,
+            shots=param.shots,
+            eps=param.eps,
+            attack=settings.attack,
+            seed=settings.seed,
+            clean_auroc=evaluation.prepared.clean_auroc,
+            thresholds=settings.thresholds,
+            metrics=evaluation.budgets[param.eps],
+            evaluation=evaluation,
+        )
+
+    def record_outcome(self, report: pytest.TestReport) -> None:
+        """Store how an item that used ``adrobust_case`` ended, for the verdict column and the report."""
+        record = self.items.get(report.nodeid)
+        if record is None:
+            return
+        if report.when == "call" or report.outcome != "passed":
+            if hasattr(report, "wasxfail"):
+                record.outcome = "xpassed" if report.passed else "xfailed"
+            else:
+                record.outcome = report.outcome
+            if report.failed and report.longrepr is not None:
+                crash = getattr(report.longrepr, "reprcrash", None)
+                record.message = crash.message if crash is not None else str(report.longrepr)
+
+    def verdict(self, key: CaseKey, eps: Budget) -> str:
+        """Return the outcomes of the items that used one budget of one case, for the summary."""
+        outcomes = [record.outcome for record in self.items.values() if record.key == key and record.eps == eps]
+        if not outcomes:
+            return "-"
+        labels = {"passed": "pass", "failed": "FAIL", "xfailed": "xfail", "xpassed": "XPASS", "skipped": "skip"}
+        return " ".join(sorted({labels.get(outcome, outcome) for outcome in outcomes}))
