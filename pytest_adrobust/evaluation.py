@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
@@ -189,7 +189,7 @@ def _gradient_pass(
     indices: np.ndarray,
     head: SurrogateHead | None,
     batch_size: int,
-    advance: callable,  # type: ignore[valid-type]
+    advance: Callable[[int], None],
     scores: np.ndarray,
     embeddings: list[np.ndarray | None],
     gradient_sign: torch.Tensor,
@@ -340,11 +340,9 @@ def budget_metrics(prepared: PreparedCase, eps: Budget, attacked_scores: np.ndar
     labels, folds = prepared.labels, prepared.folds
     attacked_auroc = auroc(labels, attacked_scores)
 
-    predictions_f1 = np.empty(len(labels))
-    threshold_per_image = np.array([prepared.fold_thresholds[fold] for fold in folds])
-    predictions_f1[:] = attacked_scores
     # Shifting each image's score by its fold's threshold lets one threshold of 0 serve both folds.
-    shifted = predictions_f1 - threshold_per_image
+    threshold_per_image = np.array([prepared.fold_thresholds[fold] for fold in folds])
+    shifted = attacked_scores - threshold_per_image
     f1 = f1_at_threshold(labels, shifted, 0.0)
     gmean = gmean_at_threshold(labels, shifted, 0.0)
 

@@ -129,7 +129,19 @@ class AdrobustPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.session.record_outcome(report)
 
+    def _xdist(self) -> str | None:
+        """Return ``worker`` or ``controller`` under pytest-xdist, else ``None``."""
+        if hasattr(self.config, "workerinput"):
+            return "worker"
+        if getattr(self.config.option, "numprocesses", None) or getattr(self.config.option, "dist", "no") != "no":
+            return "controller"
+        return None
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        # NOTE: results are not yet sent from xdist workers to the controller, so a worker writes
+        # no report rather than several workers overwriting one file with partial results.
+        if self._xdist() == "worker":
+            return
         path = self.session.run.report
         if path is None or not self.session.evaluations:
             return
@@ -138,6 +150,12 @@ class AdrobustPlugin:
         self.session.report_written = path
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._xdist() == "controller":
+            terminalreporter.write_sep("=", "adrobust summary")
+            terminalreporter.write_line(
+                "results stay on the pytest-xdist workers: run without -n for the adrobust summary and report"
+            )
+            return
         if not self.session.evaluations:
             return
         plain = not terminalreporter.isatty() or self.config.getoption("color", "auto") == "no"
@@ -189,7 +207,7 @@ def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
             f"adrobust_detector returned {type(detector).__name__}, which lacks the Detector methods "
             "fit, score_and_embed, score, fingerprint and describe"
         )
-    return _session(request.config).case_result(detector, param, request.node.nodeid)
+    return _session(request.config).case_result(detector, param, request.node)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -124,8 +123,13 @@ class AdrobustSession:
         """Return the readable test id, such as ``elpv-mono-4shot-eps4/255``."""
         return f"{self.split(param.dataset).name}-{param.shots}shot-eps{param.eps}"
 
-    def case_result(self, detector: Detector, param: CaseParam, nodeid: str) -> CaseResult:
-        """Return the result for ``param``, evaluating its case on first use."""
+    def case_result(self, detector: Detector, param: CaseParam, item: pytest.Item) -> CaseResult:
+        """Return the result for ``param``, evaluating its case on first use.
+
+        Self-check findings of a new evaluation are attached to ``item`` as :class:`AdrobustWarning`,
+        so they appear once in pytest's warnings summary under the item that triggered the work.
+        """
+        nodeid = item.nodeid
         settings = param.settings
         fingerprint = detector.fingerprint()
         key = CaseKey(param.dataset, param.shots, settings.seed, settings.max_images, settings.attack, fingerprint)
@@ -136,7 +140,7 @@ class AdrobustSession:
                 weights=described.get("weights", "unknown"),
                 device=str(detector.device),
                 resolution=int(detector.resolution),
-                random_init="random-init" in described.get("weights", ""),
+                random_init=bool(getattr(detector, "random_init", "random-init" in described.get("weights", ""))),
             )
 
         evaluation = self.evaluations.get(key)
@@ -147,7 +151,7 @@ class AdrobustSession:
             )
             self.evaluations[key] = evaluation
             for message in evaluation.warnings:
-                warnings.warn(AdrobustWarning(message), stacklevel=2)
+                item.warn(AdrobustWarning(message))
         elif param.eps not in evaluation.budgets:
             scores = attacked_scores(detector, evaluation.prepared, param.eps, self.run.batch_size, self.progress)
             evaluation.budgets[param.eps] = budget_metrics(evaluation.prepared, param.eps, scores)

@@ -12,7 +12,6 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -74,11 +73,11 @@ def parse_eps(value: object) -> Budget:
 
 def _format_number(number: float) -> str:
     """Write a budget compactly, as a fraction of 255 when it is one (8/255), else as a decimal."""
-    if number == 0:
-        return "0"
-    fraction = Fraction(number).limit_denominator(255)
-    if fraction.denominator == 255 and math.isclose(float(fraction), number, rel_tol=0, abs_tol=1e-12):
-        return f"{fraction.numerator}/255"
+    if number in (0.0, 1.0):
+        return f"{number:g}"
+    steps = round(number * 255)
+    if math.isclose(steps / 255, number, rel_tol=0, abs_tol=1e-12):
+        return f"{steps}/255"
     return f"{number:g}"
 
 
@@ -167,7 +166,7 @@ def _parse_threshold(name: str, low: float, high: float) -> Callable[[object], f
 
 def _parse_device(value: object) -> str:
     text = str(value).strip()
-    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", text):
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text):
         raise AdrobustError(f"invalid device {value!r}: use {DEVICES_HELP}")
     return text
 

@@ -74,7 +74,7 @@ def tiny_detector(seed: int = 0, resolution: int = 56, **kw: Any) -> AnomalyDINO
     Returns
     -------
     AnomalyDINO
-        Detector on the CPU unless ``device`` says otherwise; call ``fit`` before scoring.
+        Detector on the CPU unless ``device`` names another device. Call ``fit`` before scoring.
     """
     vit_kwargs = {key: kw.pop(key) for key in _VIT_KEYWORDS if key in kw}
     model = tiny_vit(seed, **vit_kwargs)

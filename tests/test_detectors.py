@@ -85,12 +85,6 @@ def test_top_fraction_count_table(patches: int, fraction: float, expected: int) 
     assert top_fraction_count(patches, fraction) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="top_fraction_count floors patches * fraction in binary floating point, so 100 * 0.29 "
-    "= 28.999999999999996 averages 28 patches instead of 29",
-)
 def test_top_fraction_count_float_rounding() -> None:
     assert top_fraction_count(100, 0.29) == 29
 
@@ -278,11 +272,6 @@ def test_fingerprint_changes_with_settings() -> None:
     assert tiny_detector(seed=4).fingerprint() != base
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="AnomalyDINO.fingerprint caches its first hash, so weights changed afterwards keep the old fingerprint",
-)
 def test_fingerprint_tracks_later_weight_change() -> None:
     detector = tiny_detector(seed=3)
     before = detector.fingerprint()

@@ -8,6 +8,7 @@ AutoAttack.
 
 from __future__ import annotations
 
+import math
 from typing import Final
 
 import numpy as np
@@ -23,7 +24,10 @@ ATTACKS: Final = ("score", "surrogate")
 
 def check_eps(eps: float) -> float:
     """Return ``eps`` as a float after checking it is a finite budget in [0, 1]."""
-    value = float(eps)
+    try:
+        value = math.nan if isinstance(eps, bool) else float(eps)
+    except (TypeError, ValueError):
+        value = math.nan
     if not np.isfinite(value) or not 0.0 <= value <= 1.0:
         raise AdrobustError(f"invalid eps {eps!r}: an L-infinity budget must lie in [0, 1] pixel units, e.g. 4/255")
     return value

@@ -140,6 +140,7 @@ class AnomalyDINO(nn.Module):
         self.bank: torch.Tensor | None = None
         self._faiss: FaissBank | None = None
         self._fingerprint: str | None = None
+        self._fingerprint_versions: tuple[tuple[str, int, int], ...] = ()
         self.eval()
 
     def train(self, mode: bool = True) -> AnomalyDINO:
@@ -154,6 +155,11 @@ class AnomalyDINO(nn.Module):
         """
         if images.ndim != 4 or images.shape[1] != 3:
             raise AdrobustError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[2] % self.patch_size or images.shape[3] % self.patch_size:
+            raise AdrobustError(
+                f"image size {tuple(images.shape[2:])} is not a multiple of the patch size {self.patch_size}; "
+                "load images with pytest_adrobust.data.load_images, which crops them"
+            )
         tokens = self.model.forward_features((images - self.mean) / self.std)
         return F.normalize(tokens[:, self.num_prefix_tokens :], dim=-1)
 
@@ -195,8 +201,15 @@ class AnomalyDINO(nn.Module):
         return pool_image_scores(self.patch_distances(images), self.top_fraction)
 
     def fingerprint(self) -> str:
-        """Return a sha256 over the backbone's tensors and the scoring settings."""
-        if self._fingerprint is None:
+        """Return a sha256 over the backbone's tensors and the scoring settings.
+
+        The hash is recomputed whenever a tensor is replaced or modified in place (tracked through
+        torch's version counters), so loading new weights changes it.
+        """
+        state = self.model.state_dict(keep_vars=True)
+        versions = tuple((key, id(tensor), tensor._version) for key, tensor in state.items())
+        if self._fingerprint is None or self._fingerprint_versions != versions:
+            self._fingerprint_versions = versions
             digest = hashlib.sha256()
             settings = {
                 "detector": type(self).__name__,
@@ -218,4 +231,4 @@ class AnomalyDINO(nn.Module):
     @property
     def random_init(self) -> bool:
         """Whether the backbone runs with random weights rather than trained ones."""
-        return self.weights_info.source == RANDOM_INIT
+        return self.weights_info.source.startswith(RANDOM_INIT)

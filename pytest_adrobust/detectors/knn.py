@@ -14,7 +14,8 @@ def top_fraction_count(num_patches: int, fraction: float) -> int:
 
     AnomalyDINO averages the highest 1% of patch distances; at least one patch always counts.
     """
-    return max(1, int(math.floor(num_patches * fraction)))
+    # The tolerance keeps products such as 100 * 0.29 = 28.999999999999996 at their exact value.
+    return max(1, int(math.floor(num_patches * fraction + 1e-9)))
 
 
 def pool_image_scores(patch_distances: torch.Tensor, fraction: float) -> torch.Tensor:

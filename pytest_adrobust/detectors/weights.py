@@ -158,10 +158,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AdrobustError(f"weights file {str(path)!r} does not contain a state dict of tensors")
 
-    # Teacher checkpoints of the DINOv2 training code prefix the backbone's keys.
+    # Training checkpoints of DINOv2 prefix the backbone's keys and also hold the heads
+    # (dino_head., ibot_head.), which the backbone does not use.
     for prefix in ("backbone.", "module."):
-        if state and all(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: value for key, value in state.items()}
+        if any(key.startswith(prefix) for key in state):
+            state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
     return state
 
 
