@@ -59,7 +59,7 @@ logger = logging.getLogger("pytest_adrobust")
 ECE_BINS: Final = 15
 ECE_VARIANT: Final = "l1 ECE, positive-class reliability, 15 equal-width bins, right-closed (scikit-learn calibration_curve binning)"
 # Scores of the same image from the differentiable torch path and the faiss path differ only by
-# float32 rounding; a larger gap means the detector is not deterministic (dropout, train mode).
+# float32 rounding. A larger gap means the detector is not deterministic (dropout, train mode).
 SCORE_AGREEMENT_ATOL: Final = 1e-4
 NOISE_SEED_OFFSET: Final = 7919
 
@@ -470,9 +470,9 @@ def self_check(
         )
 
     if prepared.zero_gradient:
-        shown = ", ".join(prepared.zero_gradient[:5])
+        examples = ", ".join(prepared.zero_gradient[:5])
         messages.append(
-            f"{name}: the input gradient is zero for {len(prepared.zero_gradient)} images ({shown}); FGSM cannot move "
+            f"{name}: the input gradient is zero for {len(prepared.zero_gradient)} images ({examples}); FGSM cannot move "
             "them, so their robustness is not measured"
         )
 

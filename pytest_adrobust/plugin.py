@@ -85,7 +85,6 @@ class AdrobustPlugin:
     def __init__(self, config: pytest.Config, session: AdrobustSession) -> None:
         self.config = config
         self.session = session
-        self._validated_defaults = False
 
     def _progress(self) -> None:
         capture = self.config.pluginmanager.get_plugin("capturemanager")
@@ -167,13 +166,13 @@ class AdrobustPlugin:
 
 @pytest.fixture(scope="session")
 def adrobust_config(request: pytest.FixtureRequest) -> RunSettings:
-    """Session-wide settings: device, backbone, weights, resolution, batch size and report path."""
+    """Return the session-wide settings: device, backbone, weights, resolution, batch size and report path."""
     return _session(request.config).run
 
 
 @pytest.fixture(scope="session")
 def adrobust_device(adrobust_config: RunSettings) -> torch.device:
-    """Device the detector runs on: CUDA when ``auto`` finds it, else the CPU."""
+    """Return the device the detector runs on: CUDA when ``auto`` finds it, else the CPU."""
     try:
         return resolve_device(adrobust_config.device)
     except AdrobustError as error:
@@ -182,7 +181,7 @@ def adrobust_device(adrobust_config: RunSettings) -> torch.device:
 
 @pytest.fixture(scope="session")
 def adrobust_detector(adrobust_config: RunSettings, adrobust_device: torch.device) -> Detector:
-    """The detector under test: AnomalyDINO with the configured backbone and weights.
+    """Build the detector under test: AnomalyDINO with the configured backbone and weights.
 
     Override this fixture in a ``conftest.py`` to test another detector that implements
     :class:`pytest_adrobust.detectors.Detector`.
@@ -197,7 +196,7 @@ def adrobust_detector(adrobust_config: RunSettings, adrobust_device: torch.devic
 
 @pytest.fixture
 def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
-    """Metrics for one dataset, shot count and budget; the plugin parametrizes this fixture."""
+    """Return the metrics of one dataset, shot count and budget, which the plugin parametrizes."""
     param = getattr(request, "param", None)
     if not isinstance(param, CaseParam):
         raise AdrobustError("adrobust_case is parametrized by the adrobust plugin and cannot be requested indirectly here")
@@ -212,5 +211,5 @@ def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
 
 @pytest.fixture(scope="session")
 def adrobust_report(request: pytest.FixtureRequest) -> Iterator[AdrobustSession]:
-    """The run's state: every evaluation so far, the item outcomes and the report path."""
+    """Return the run's state: every evaluation so far, the item outcomes and the report path."""
     yield _session(request.config)

@@ -1,6 +1,6 @@
 """The JSON report: settings, fingerprints, every metric per item and every per-image score.
 
-The report holds enough to recompute every metric without the model: per-image labels, folds,
+The report contains enough to recompute every metric without the model: per-image labels, folds,
 clean and attacked scores and probabilities, and the per-fold Platt parameters and thresholds.
 It is written to a temporary file in the same directory and renamed, so a crash never leaves a
 half-written report.

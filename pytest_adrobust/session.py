@@ -41,7 +41,7 @@ class CaseParam:
 @final
 @dataclass
 class DetectorInfo:
-    """How a detector ran: its descriptions, device and resolution, keyed by fingerprint."""
+    """Description of a detector as it ran: backbone, weights, device and resolution."""
 
     backbone: str
     weights: str

@@ -70,7 +70,11 @@ def case_table(session: AdrobustSession, evaluation: CaseEvaluation, plain: bool
                 cells.append(str(eps))
             elif name == "verdict":
                 verdict = session.verdict(key, eps)
-                style = "bold red" if "FAIL" in verdict or "XPASS" in verdict else ("yellow" if "xfail" in verdict else "green")
+                style = "green"
+                if "xfail" in verdict:
+                    style = "yellow"
+                if "FAIL" in verdict or "XPASS" in verdict:
+                    style = "bold red"
                 cells.append(Text(verdict, style="" if plain else style))
             else:
                 cells.append(f"{metrics[name]:+.3f}" if name in ("auroc_drop", "entropy_gap") else f"{metrics[name]:.3f}")

@@ -67,7 +67,7 @@ def random_sign(shape: torch.Size | tuple[int, ...], generator: torch.Generator)
 def score_attack_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Return the loss whose ascent raises the scores of normal images and lowers anomalous ones.
 
-    ``labels`` holds 1 for anomalous and 0 for normal images. Both directions push the two classes
+    ``labels`` is 1 for anomalous and 0 for normal images. Both directions push the two classes
     toward each other, which is what lowers AUROC.
     """
     direction = 1.0 - 2.0 * labels.to(scores.dtype)
@@ -77,8 +77,8 @@ def score_attack_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 class SurrogateHead:
     """Logistic-regression head on frozen pooled features, the attack target of the surrogate attack.
 
-    The head is fitted with scikit-learn on standardised features; its loss, binary cross-entropy
-    against the true label, is evaluated in torch so that its gradient reaches the input pixels.
+    The head is fitted with scikit-learn on standardised features. Its loss, binary cross-entropy
+    against the true label, is evaluated in torch, so that its gradient reaches the input pixels.
     """
 
     def __init__(self, features: np.ndarray, labels: np.ndarray, seed: int = 0) -> None:

@@ -144,7 +144,7 @@ class AnomalyDINO(nn.Module):
         self.eval()
 
     def train(self, mode: bool = True) -> AnomalyDINO:
-        """Keep the backbone in eval mode whatever ``mode`` says, because the protocol needs a fixed network."""
+        """Keep the backbone in eval mode whatever ``mode`` is, because the protocol needs a fixed network."""
         return super().train(False)
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:

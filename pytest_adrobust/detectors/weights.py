@@ -83,7 +83,7 @@ def file_sha256(path: Path) -> str:
 
 
 def hub_offline() -> bool:
-    """Return whether ``HF_HUB_OFFLINE`` asks for no network access."""
+    """Return whether ``HF_HUB_OFFLINE`` forbids network access."""
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -211,7 +211,7 @@ def load_weights_file(model: nn.Module, model_name: str, path: Path) -> None:
 
 
 def resolve_weights(model: nn.Module, model_name: str, weights: str, seed: int) -> WeightsInfo:
-    """Load the weights that ``weights`` names into ``model``, which holds a random init.
+    """Load the weights that ``weights`` names into ``model``, which starts from a random init.
 
     Parameters
     ----------
