@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import torch
 
+from pytest_adrobust.cache import ScoreCache
 from pytest_adrobust.case import CaseResult
 from pytest_adrobust.detectors import AnomalyDINO, Detector
 from pytest_adrobust.errors import AdrobustError, AdrobustUsageError
@@ -96,6 +98,18 @@ class AdrobustPlugin:
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self._progress()
+        self.session.cache = self._score_cache()
+
+    def _score_cache(self) -> ScoreCache | None:
+        """Return the score cache the ``cache`` setting names, or ``None`` when caching is off."""
+        setting = self.session.run.cache
+        if setting == "off":
+            return None
+        if setting == "auto":
+            # Without pytest's cache provider (-p no:cacheprovider) there is no agreed place to write.
+            pytest_cache = getattr(self.config, "cache", None)
+            return ScoreCache(pytest_cache.mkdir("adrobust")) if pytest_cache is not None else None
+        return ScoreCache(Path(setting))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:

@@ -97,6 +97,7 @@ def case_record(evaluation: CaseEvaluation) -> dict[str, Any]:
         ],
         "noise_control": evaluation.noise_control,
         "self_check_warnings": list(evaluation.warnings),
+        "cache": prepared.cache,
         "passes": dict(prepared.passes),
         "seconds": {name: round(value, 3) for name, value in prepared.seconds.items()},
         "images": images,
@@ -117,6 +118,7 @@ def build_report(session: AdrobustSession, duration: float) -> dict[str, Any]:
             "weights": run.weights,
             "resolution": run.resolution,
             "batch_size": run.batch_size,
+            "cache": run.cache,
         },
         "conventions": {
             "ece": ECE_VARIANT,

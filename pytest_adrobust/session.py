@@ -17,7 +17,15 @@ from pytest_adrobust.case import CaseResult
 from pytest_adrobust.data import DatasetSplit, load_dataset, sample_case
 from pytest_adrobust.detectors import Detector
 from pytest_adrobust.errors import AdrobustError, AdrobustWarning
-from pytest_adrobust.evaluation import CaseEvaluation, CaseKey, attacked_scores, budget_metrics, evaluate_case
+from pytest_adrobust.cache import ScoreCache
+from pytest_adrobust.evaluation import (
+    CaseEvaluation,
+    CaseKey,
+    attacked_scores,
+    budget_metrics,
+    ensure_inputs,
+    evaluate_case,
+)
 from pytest_adrobust.progress import ProgressReporter, SilentProgress
 from pytest_adrobust.settings import Budget, CaseSettings, RunSettings
 
@@ -96,6 +104,7 @@ class AdrobustSession:
         self.evaluations: dict[CaseKey, CaseEvaluation] = {}
         self.detectors: dict[str, DetectorInfo] = {}
         self.items: dict[str, ItemRecord] = {}
+        self.cache: ScoreCache | None = None
         self.report_written: Path | None = None
         self.report_replaced = False
 
@@ -147,12 +156,19 @@ class AdrobustSession:
         if evaluation is None:
             budgets = self.planned.get(param.plan_key(), set()) | {param.eps}
             evaluation = evaluate_case(
-                detector, self.split(param.dataset), key, sorted(budgets), self.run.batch_size, self.progress
+                detector,
+                self.split(param.dataset),
+                key,
+                sorted(budgets),
+                self.run.batch_size,
+                self.progress,
+                self.cache,
             )
             self.evaluations[key] = evaluation
             for message in evaluation.warnings:
                 item.warn(AdrobustWarning(message))
         elif param.eps not in evaluation.budgets:
+            ensure_inputs(detector, evaluation.prepared)
             scores = attacked_scores(detector, evaluation.prepared, param.eps, self.run.batch_size, self.progress)
             evaluation.budgets[param.eps] = budget_metrics(evaluation.prepared, param.eps, scores)
 

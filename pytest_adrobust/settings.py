@@ -196,6 +196,16 @@ def _parse_report(value: object) -> Path | None:
     return path
 
 
+def _parse_cache(value: object) -> str:
+    text = str(value).strip()
+    if text in ("auto", "off"):
+        return text
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise AdrobustError(f"invalid cache {text!r}: it is a file; give a directory, auto or off")
+    return str(path)
+
+
 @final
 @dataclass(frozen=True)
 class OptionSpec:
@@ -241,6 +251,8 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
                "MODE|PATH", False),
     OptionSpec("resolution", _parse_int("resolution", 14), 448, "smaller image edge in pixels after loading", "PX", False),
     OptionSpec("batch_size", _parse_int("batch_size", 1), 8, "images per forward and backward pass", "N", False),
+    OptionSpec("cache", _parse_cache, "auto",
+               "score cache: auto (inside pytest's cache directory), off, or a directory", "auto|off|DIR", False),
     OptionSpec("report", _parse_report, None, "write a JSON report with every metric and per-image score to PATH", "PATH", False),
 )
 OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
@@ -283,6 +295,7 @@ class RunSettings:
     weights: str
     resolution: int
     batch_size: int
+    cache: str
     report: Path | None
 
 
@@ -330,6 +343,7 @@ def run_settings(values: Mapping[str, Any]) -> RunSettings:
         weights=values["weights"],
         resolution=values["resolution"],
         batch_size=values["batch_size"],
+        cache=values["cache"],
         report=values["report"],
     )
 

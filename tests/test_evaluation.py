@@ -14,7 +14,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 from pytest_adrobust.case import CaseResult, ThresholdError
 from pytest_adrobust.data import load_dataset
 from pytest_adrobust.errors import AdrobustError
-from pytest_adrobust.evaluation import CaseKey, budget_metrics, evaluate_case, self_check, stratified_folds
+from pytest_adrobust.evaluation import CaseKey, budget_metrics, evaluate_case, self_check, split_on_oom, stratified_folds
 from pytest_adrobust.metrics import PlattScaler, binary_entropy
 from pytest_adrobust.report import write_json_atomic
 from pytest_adrobust.settings import Thresholds, parse_eps
@@ -161,9 +161,8 @@ def test_self_check_flags_shrinking_drop_and_weak_attack(evaluation) -> None:
     small, large = BUDGETS[1], BUDGETS[2]
     budgets[large] = replace(budgets[large], auroc_drop=budgets[small].auroc_drop - 0.1)
     noise = {"eps": large.value, "fgsm_auroc_drop": 0.01, "noise_auroc_drop": 0.02}
-    detector = tiny_detector()
-    detector.fit(evaluation.prepared.images[:2])
-    messages = self_check(detector, evaluation.prepared, budgets, noise)
+    rescored = evaluation.prepared.clean_scores[:4]
+    messages = self_check(evaluation.prepared, budgets, noise, rescored)
     assert any("AUROC drop shrinks" in message and "eps 8/255" in message for message in messages)
     assert any("no more than random signs" in message for message in messages)
 
@@ -236,3 +235,37 @@ def test_report_write_keeps_old_file_on_failure(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == {"run": 1}
     assert [entry.name for entry in tmp_path.iterdir()] == ["report.json"]
     assert write_json_atomic(path, {"run": 2}) is True
+
+
+class SmallMemory(NoisyScores):
+    """A detector that runs out of memory on batches of more than two images."""
+
+    def _check(self, images: torch.Tensor) -> None:
+        if images.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated out of memory")
+
+    def score_and_embed(self, images: torch.Tensor):
+        self._check(images)
+        return self.inner.score_and_embed(images)
+
+    def score(self, images: torch.Tensor) -> torch.Tensor:
+        self._check(images)
+        return self.inner.score(images)
+
+
+def test_out_of_memory_halves_batch(parts_split) -> None:
+    reference = tiny_detector()
+    key = CaseKey(parts_split.spec, 2, 0, 4, "score", "same")
+    expected = evaluate_case(reference, parts_split, key, BUDGETS, batch_size=8)
+    result = evaluate_case(SmallMemory(), parts_split, key, BUDGETS, batch_size=8)
+    for eps in BUDGETS:
+        assert np.allclose(result.budgets[eps].attacked_scores, expected.budgets[eps].attacked_scores, atol=1e-6)
+    assert torch.equal(result.prepared.gradient_sign, expected.prepared.gradient_sign)
+
+
+def test_out_of_memory_single_image_raises() -> None:
+    def run(batch: np.ndarray) -> None:
+        raise torch.OutOfMemoryError("simulated out of memory")
+
+    with pytest.raises(AdrobustError, match="out of memory on a single image"):
+        split_on_oom(np.arange(4), run)

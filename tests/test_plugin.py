@@ -304,3 +304,39 @@ def test_surrogate_attack_runs(suite: pytest.Pytester, tmp_path: Path) -> None:
     # The head for the second fold needs the first fold's features before any backward pass.
     first_fold = sum(1 for image in case["images"] if image["fold"] == 0)
     assert case["passes"]["forward"] == first_fold + case["n_images"] * 2 + min(case["n_images"], 4)
+
+
+def test_second_run_restores_from_cache(suite: pytest.Pytester, tmp_path: Path) -> None:
+    suite.makepyfile(
+        """
+        def test_robust(adrobust_case):
+            assert adrobust_case.auroc >= 0
+        """
+    )
+    cache = tmp_path / "scores"
+    reports = []
+    for run_index in range(2):
+        report_path = tmp_path / f"report-{run_index}.json"
+        result = run(suite, f"--adrobust-cache={cache}", f"--adrobust-report={report_path}")
+        result.assert_outcomes(passed=3)
+        reports.append(json.loads(report_path.read_text())["cases"][0])
+
+    assert reports[0]["cache"] == "stored"
+    assert reports[1]["cache"] == "hit"
+    assert reports[1]["passes"] == {"reference_forward": 0, "forward_backward": 0, "forward": 0}
+    assert reports[1]["budgets"] == reports[0]["budgets"]
+    assert reports[1]["images"] == reports[0]["images"]
+
+
+def test_cache_off_writes_nothing(suite: pytest.Pytester, tmp_path: Path) -> None:
+    suite.makepyfile(
+        """
+        def test_robust(adrobust_case):
+            assert adrobust_case.auroc >= 0
+        """
+    )
+    report_path = tmp_path / "report.json"
+    result = suite.runpytest_subprocess("--adrobust-cache=off", f"--adrobust-report={report_path}")
+    result.assert_outcomes(passed=3)
+    assert json.loads(report_path.read_text())["cases"][0]["cache"] == "off"
+    assert not list(suite.path.rglob("*.npz"))
