@@ -134,6 +134,8 @@ def build_report(session: AdrobustSession, duration: float) -> dict[str, Any]:
             fingerprint: {
                 "backbone": info.backbone,
                 "weights": info.weights,
+                "weights_sha256": info.weights_sha256,
+                "weights_path": info.weights_path,
                 "device": info.device,
                 "resolution": info.resolution,
             }

@@ -56,6 +56,8 @@ class DetectorInfo:
     device: str
     resolution: int
     random_init: bool
+    weights_sha256: str | None = None
+    weights_path: str | None = None
 
 
 @final
@@ -151,6 +153,10 @@ class AdrobustSession:
                 resolution=int(detector.resolution),
                 random_init=bool(getattr(detector, "random_init", "random-init" in described.get("weights", ""))),
             )
+            weights_info = getattr(detector, "weights_info", None)
+            if weights_info is not None:
+                self.detectors[fingerprint].weights_sha256 = weights_info.sha256
+                self.detectors[fingerprint].weights_path = weights_info.path
 
         evaluation = self.evaluations.get(key)
         if evaluation is None:

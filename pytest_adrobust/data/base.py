@@ -17,6 +17,9 @@ NORMAL_SPLIT_SEED = 0
 
 _CLASS_NAMES = {0: "normal", 1: "anomalous"}
 
+SELECTIONS = ("random", "anomalydino")
+"""Ways of choosing the few-shot references that :func:`sample_case` accepts."""
+
 
 @final
 @dataclass(frozen=True)
@@ -34,17 +37,22 @@ class ImageRecord:
         0 for a normal image, 1 for an anomalous one.
     defect : str
         ``"good"`` for a normal image, otherwise the defect class.
+    mask : pathlib.Path or None
+        Ground-truth mask of an anomalous image, with the same pixel size as the image. None for
+        normal images and for datasets without masks.
 
     Raises
     ------
     AdrobustError
-        If ``label`` is not 0 or 1, or ``defect`` does not match the label.
+        If ``label`` is not 0 or 1, ``defect`` does not match the label, or a normal image has a
+        mask.
     """
 
     image_id: str
     path: Path
     label: int
     defect: str
+    mask: Path | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.label, bool) or self.label not in (0, 1):
@@ -63,6 +71,12 @@ class ImageRecord:
             raise AdrobustError(
                 f"ImageRecord {self.image_id!r}: an anomalous image (label 1) needs a defect class "
                 f"other than 'good'; set defect to the name of the defect."
+            )
+
+        if self.label == 0 and self.mask is not None:
+            raise AdrobustError(
+                f"ImageRecord {self.image_id!r}: a normal image (label 0) has no anomaly to "
+                f"mark, but mask is {str(self.mask)!r}; set mask to None."
             )
 
 
