@@ -34,6 +34,7 @@ from pytest_adrobust.attacks import SurrogateHead, fgsm, random_sign, score_atta
 from pytest_adrobust.cache import ScoreCache, cache_key, pack_signs, unpack_signs
 from pytest_adrobust.data import DatasetSplit, ImageRecord, load_images, records_fingerprint, sample_case
 from pytest_adrobust.detectors import Detector
+from pytest_adrobust.detectors.base import validate_detector
 from pytest_adrobust.errors import AdrobustError
 from pytest_adrobust.metrics import (
     PlattScaler,
@@ -235,7 +236,20 @@ def _gradient_pass(
         y = torch.as_tensor(labels[batch], device=detector.device)
         batch_scores, batch_embeddings = detector.score_and_embed(x)
         loss = score_attack_loss(batch_scores, y) if head is None else head.loss(batch_embeddings, y)
+        if not loss.requires_grad:
+            output = "scores" if head is None else "pooled features"
+            raise AdrobustError(
+                f"the detector's score_and_embed returned {output} without a gradient path to the images: "
+                "remove detach(), .numpy() or torch.no_grad() from the scoring path, or the attack cannot run"
+            )
         (gradient,) = torch.autograd.grad(loss, x)
+        if not bool(torch.isfinite(gradient).all()):
+            finite = torch.isfinite(gradient).flatten(1).all(dim=1).cpu()
+            bad = [int(index) for index, ok in zip(batch, finite) if not ok]
+            raise AdrobustError(
+                f"the input gradient is NaN or infinite for test images at positions {bad[:5]}; "
+                "check the detector for divisions by zero or log of zero in its scoring path"
+            )
 
         scores[batch] = batch_scores.detach().cpu().double().numpy()
         for position, index in enumerate(batch):
@@ -560,6 +574,7 @@ def evaluate_case(
     With a ``cache``, a case whose scores are all stored under the same key is rebuilt from them
     without any model pass; metrics and self-checks are recomputed from the stored scores.
     """
+    validate_detector(detector)
     progress = progress or SilentProgress()
     budgets = sorted(set(budgets))
     nonzero = [eps for eps in budgets if eps.value > 0]

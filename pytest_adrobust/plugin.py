@@ -18,6 +18,7 @@ import torch
 from pytest_adrobust.cache import ScoreCache
 from pytest_adrobust.case import CaseResult
 from pytest_adrobust.detectors import AnomalyDINO, Detector
+from pytest_adrobust.detectors.base import validate_detector
 from pytest_adrobust.errors import AdrobustError, AdrobustUsageError
 from pytest_adrobust.progress import RichProgress, SilentProgress
 from pytest_adrobust.report import build_report, write_json_atomic
@@ -215,11 +216,7 @@ def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
     if not isinstance(param, CaseParam):
         raise AdrobustError("adrobust_case is parametrized by the adrobust plugin and cannot be requested indirectly here")
     detector = request.getfixturevalue("adrobust_detector")
-    if not isinstance(detector, Detector):
-        raise AdrobustError(
-            f"adrobust_detector returned {type(detector).__name__}, which lacks the Detector methods "
-            "fit, score_and_embed, score, fingerprint and describe"
-        )
+    validate_detector(detector)
     return _session(request.config).case_result(detector, param, request.node)
 
 

@@ -41,3 +41,41 @@ class Detector(Protocol):
     def describe(self) -> dict[str, str]:
         """Return the ``backbone`` and ``weights`` descriptions for summaries and reports."""
         ...
+
+
+_METHODS = ("fit", "score_and_embed", "score", "fingerprint", "describe")
+
+
+def validate_detector(detector: object) -> None:
+    """Check that ``detector`` offers the :class:`Detector` interface and is in eval mode.
+
+    Raises
+    ------
+    AdrobustError
+        When a method or attribute is missing, the resolution or patch size is not a positive
+        integer, or a torch module inside the detector is in train mode (dropout and batch-norm
+        updates would make clean and attacked passes see different networks).
+    """
+    from torch import nn
+
+    from pytest_adrobust.errors import AdrobustError
+
+    name = type(detector).__name__
+    missing = [method for method in _METHODS if not callable(getattr(detector, method, None))]
+    missing += [attribute for attribute in ("resolution", "patch_size", "device") if not hasattr(detector, attribute)]
+    if missing:
+        raise AdrobustError(
+            f"detector {name} lacks {', '.join(missing)}; implement pytest_adrobust.detectors.Detector "
+            "or wrap a backbone with AnomalyDINO.from_module"
+        )
+    for attribute in ("resolution", "patch_size"):
+        value = getattr(detector, attribute)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise AdrobustError(f"detector {name} has invalid {attribute} {value!r}: use a positive integer")
+    if isinstance(detector, nn.Module):
+        training = [module_name or name for module_name, module in detector.named_modules() if module.training]
+        if training:
+            raise AdrobustError(
+                f"detector {name} is in train mode ({', '.join(training[:3])}); call .eval() on it, because "
+                "dropout or batch-norm updates make clean and attacked passes see different networks"
+            )
