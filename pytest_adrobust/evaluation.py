@@ -78,6 +78,10 @@ class CaseKey:
     max_images: int | None
     attack: str
     detector: str
+    selection: str = "random"
+    """``random`` or ``anomalydino``: how the references are drawn."""
+    masking: bool = False
+    rotation: bool = False
 
 
 @final
@@ -105,6 +109,8 @@ class PreparedCase:
     seconds: dict[str, float]
     cache: str = "off"
     """``off``, ``stored`` (computed and saved) or ``hit`` (restored without model passes)."""
+    dataset_layout: str = ""
+    """Layout the dataset loader found, such as ``visa split_csv/1cls.csv``."""
 
 
 @final
@@ -154,6 +160,10 @@ class CaseEvaluation:
     budgets: dict[Budget, BudgetMetrics]
     noise_control: dict[str, float] | None
     warnings: list[str]
+
+
+def _draw(split: DatasetSplit, key: CaseKey) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    return sample_case(split, key.shots, key.max_images, key.seed, selection=key.selection)
 
 
 def stratified_folds(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -286,7 +296,7 @@ def prepare_case(
     passes = {"reference_forward": 0, "forward_backward": 0, "forward": 0}
 
     started = time.perf_counter()
-    references, test = draw if draw is not None else sample_case(split, key.shots, key.max_images, key.seed)
+    references, test = draw if draw is not None else _draw(split, key)
     labels = np.array([record.label for record in test], dtype=np.int64)
     folds = stratified_folds(labels, key.seed)
     reference_images = load_images(references, detector.resolution, detector.patch_size)
@@ -364,6 +374,7 @@ def prepare_case(
         files_fingerprint=fingerprint,
         passes=passes,
         seconds=seconds,
+        dataset_layout=split.layout,
     )
 
 
@@ -535,6 +546,9 @@ def case_cache_key(
             "device": str(detector.device),
             "attack": key.attack,
             "seed": key.seed,
+            "selection": key.selection,
+            "masking": key.masking,
+            "rotation": key.rotation,
             "batch_size": batch_size,
             "references": [record.image_id for record in references],
             "test": [(record.image_id, record.label) for record in test],
@@ -579,7 +593,7 @@ def evaluate_case(
     budgets = sorted(set(budgets))
     nonzero = [eps for eps in budgets if eps.value > 0]
     largest = max(nonzero) if nonzero else None
-    draw = sample_case(split, key.shots, key.max_images, key.seed)
+    draw = _draw(split, key)
 
     entry_key = case_cache_key(detector, key, *draw, batch_size) if cache is not None else None
     entry = cache.load(entry_key) if cache is not None and entry_key is not None else None
@@ -658,6 +672,7 @@ def _restore_case(
         passes={"reference_forward": 0, "forward_backward": 0, "forward": 0},
         seconds={},
         cache="hit",
+        dataset_layout=split.layout,
     )
 
 

@@ -91,6 +91,39 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+# Categories where AnomalyDINO's category-agnostic setting masks the background: objects on a
+# large uniform background. Rotation augmentation is on for every category of both benchmarks.
+MVTEC_MASKED_CATEGORIES = frozenset({"capsule", "hazelnut", "pill", "screw", "toothbrush"})
+
+
+def case_preprocessing(split: DatasetSplit, settings: CaseSettings) -> tuple[bool, bool]:
+    """Return whether masking and rotation apply to a dataset, resolving ``auto`` per category."""
+    kind, _, category = split.name.partition("-")
+    benchmark = kind in ("mvtec", "visa")
+    masking_default = kind == "visa" or (kind == "mvtec" and category in MVTEC_MASKED_CATEGORIES)
+    masking = settings.masking == "on" or (settings.masking == "auto" and masking_default)
+    rotation = settings.rotation == "on" or (settings.rotation == "auto" and benchmark)
+    return masking, rotation
+
+
+def configure_detector(detector: Detector, masking: bool, rotation: bool) -> None:
+    """Switch masking and rotation on the detector for the next case.
+
+    Raises
+    ------
+    AdrobustError
+        When an option is requested but the detector has no such attribute.
+    """
+    for name, wanted in (("masking", masking), ("rotation", rotation)):
+        if hasattr(detector, name):
+            setattr(detector, name, wanted)
+        elif wanted:
+            raise AdrobustError(
+                f"{name} is on for this case but detector {type(detector).__name__} has no {name!r} attribute: "
+                f"set the {name} option to off, or add the attribute to the detector"
+            )
+
+
 @final
 class AdrobustSession:
     """Owns a run's state, so that expensive work is done once per dataset, shot count and seed."""
@@ -124,7 +157,8 @@ class AdrobustSession:
         for spec in settings.datasets:
             split = self.split(spec)
             for shots in settings.shots:
-                sample_case(split, shots, settings.max_images, settings.seed)
+                sample_case(split, shots, settings.max_images, settings.seed, selection=settings.selection)
+            case_preprocessing(split, settings)
 
     def plan(self, param: CaseParam) -> None:
         """Record that an item will ask for ``param``, so its case evaluates all budgets in one go."""
@@ -142,8 +176,20 @@ class AdrobustSession:
         """
         nodeid = item.nodeid
         settings = param.settings
+        masking, rotation = case_preprocessing(self.split(param.dataset), settings)
+        configure_detector(detector, masking, rotation)
         fingerprint = detector.fingerprint()
-        key = CaseKey(param.dataset, param.shots, settings.seed, settings.max_images, settings.attack, fingerprint)
+        key = CaseKey(
+            param.dataset,
+            param.shots,
+            settings.seed,
+            settings.max_images,
+            settings.attack,
+            fingerprint,
+            settings.selection,
+            masking,
+            rotation,
+        )
         if fingerprint not in self.detectors:
             described = detector.describe()
             self.detectors[fingerprint] = DetectorInfo(

@@ -238,6 +238,15 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
                "NAME", True),
     OptionSpec("seed", _parse_int("seed", 0), 0, "seed of the reference draw, test draw, folds and noise control", "N", True),
     OptionSpec("max_images", _parse_max_images, 32, "test images drawn per class, or 'all'", "N", True),
+    OptionSpec("selection", _parse_choice("selection", ("random", "anomalydino")), "random",
+               "reference draw: random (seeded) or anomalydino (sorted normal training files seed*shots to "
+               "(seed+1)*shots-1, as AnomalyDINO's evaluation picks them)", "NAME", True),
+    OptionSpec("masking", _parse_choice("masking", ("auto", "on", "off")), "auto",
+               "zero-shot masking of background patches: auto (AnomalyDINO's per-category choice for MVTec AD "
+               "and VisA, off elsewhere), on or off", "auto|on|off", True),
+    OptionSpec("rotation", _parse_choice("rotation", ("auto", "on", "off")), "auto",
+               "add the 8 rotations of each reference to the memory bank: auto (on for MVTec AD and VisA, off "
+               "elsewhere), on or off", "auto|on|off", True),
     OptionSpec("max_auroc_drop", _parse_threshold("max_auroc_drop", 0.0, 1.0), None,
                "fail an item whose clean AUROC minus attacked AUROC exceeds this", "X", True),
     OptionSpec("max_ece", _parse_threshold("max_ece", 0.0, 1.0), None,
@@ -283,6 +292,9 @@ class CaseSettings:
     seed: int
     max_images: int | None
     thresholds: Thresholds
+    selection: str = "random"
+    masking: str = "auto"
+    rotation: str = "auto"
 
 
 @final
@@ -332,6 +344,9 @@ def case_settings(values: Mapping[str, Any]) -> CaseSettings:
         seed=values["seed"],
         max_images=values["max_images"],
         thresholds=thresholds,
+        selection=values["selection"],
+        masking=values["masking"],
+        rotation=values["rotation"],
     )
 
 

@@ -55,9 +55,15 @@ def case_table(session: AdrobustSession, evaluation: CaseEvaluation, plain: bool
     prepared = evaluation.prepared
     key = prepared.key
     anomalous = int(prepared.labels.sum())
+    options = [name for name, on in (("masking", key.masking), ("rotation", key.rotation)) if on]
+    if key.selection != "random":
+        options.append(f"{key.selection} references")
+    if prepared.cache == "hit":
+        options.append("from cache")
     title = (
         f"{prepared.dataset_name} {key.shots}-shot, attack {key.attack}, {len(prepared.labels)} images "
         f"({len(prepared.labels) - anomalous} normal, {anomalous} anomalous), clean AUROC {prepared.clean_auroc:.3f}"
+        + "".join(f", {option}" for option in options)
     )
     table = Table(title=title, box=box.ASCII if plain else box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
     for heading, _ in COLUMNS:

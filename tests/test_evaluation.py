@@ -114,6 +114,7 @@ class NoisyScores(torch.nn.Module):
         super().__init__()
         self.inner = tiny_detector()
         self.resolution, self.patch_size, self.device = self.inner.resolution, self.inner.patch_size, self.inner.device
+        self.eval()
 
     def fit(self, references: torch.Tensor) -> None:
         self.inner.fit(references)
