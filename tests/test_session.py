@@ -1,0 +1,68 @@
+"""Per-case preprocessing choices, detector configuration and device resolution."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pytest_adrobust.data import DatasetSplit
+from pytest_adrobust.errors import AdrobustError
+from pytest_adrobust.session import case_preprocessing, configure_detector, resolve_device
+from pytest_adrobust.settings import CaseSettings, Thresholds, parse_eps
+
+
+def _settings(masking: str = "auto", rotation: str = "auto") -> CaseSettings:
+    return CaseSettings(("x",), (parse_eps("0"),), (1,), "score", 0, 4, Thresholds(), "random", masking, rotation)
+
+
+def _split(name: str) -> DatasetSplit:
+    return DatasetSplit(name=name, spec=name, train=(), test=(), layout="test")
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("mvtec-capsule", (True, True)),
+        ("mvtec-screw", (True, True)),
+        ("mvtec-bottle", (False, True)),
+        ("visa-pcb1", (True, True)),
+        ("elpv-mono", (False, False)),
+        ("folder-parts", (False, False)),
+    ],
+)
+def test_auto_preprocessing_per_category(name: str, expected: tuple[bool, bool]) -> None:
+    assert case_preprocessing(_split(name), _settings()) == expected
+
+
+def test_explicit_preprocessing_wins() -> None:
+    assert case_preprocessing(_split("mvtec-capsule"), _settings("off", "off")) == (False, False)
+    assert case_preprocessing(_split("elpv-mono"), _settings("on", "on")) == (True, True)
+
+
+class Plain:
+    """A detector without preprocessing options."""
+
+
+class Configurable:
+    masking = False
+    rotation = False
+
+
+def test_configure_sets_attributes() -> None:
+    detector = Configurable()
+    configure_detector(detector, True, False)  # type: ignore[arg-type]
+    assert detector.masking is True
+    assert detector.rotation is False
+
+
+def test_configure_rejects_unsupported_option() -> None:
+    configure_detector(Plain(), False, False)  # type: ignore[arg-type]
+    with pytest.raises(AdrobustError, match="masking is on for this case but detector Plain has no 'masking'"):
+        configure_detector(Plain(), True, False)  # type: ignore[arg-type]
+
+
+def test_cuda_request_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(AdrobustError, match="device 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
