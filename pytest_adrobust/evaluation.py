@@ -512,7 +512,12 @@ def noise_control(
     or broken gradient, and then the measured robustness flatters the model.
     """
     noise_drop = prepared.clean_auroc - auroc(prepared.labels, scores)
-    return {"eps": eps.value, "fgsm_auroc_drop": results[eps].auroc_drop, "noise_auroc_drop": noise_drop}
+    return {
+        "eps": eps.value,
+        "eps_text": str(eps),
+        "fgsm_auroc_drop": results[eps].auroc_drop,
+        "noise_auroc_drop": noise_drop,
+    }
 
 
 def rescore_sample(detector: Detector, prepared: PreparedCase) -> np.ndarray:
@@ -713,9 +718,14 @@ def self_check(
                 f"{results[larger].auroc_drop:.4f} at eps {larger}; a one-step attack overshooting is a likely cause"
             )
 
-    if noise is not None and noise["fgsm_auroc_drop"] <= noise["noise_auroc_drop"]:
+    if noise is not None and noise["fgsm_auroc_drop"] == 0 and noise["noise_auroc_drop"] == 0:
         messages.append(
-            f"{name}: FGSM at eps {noise['eps']:.4g} lowers AUROC by {noise['fgsm_auroc_drop']:.4f}, no more than "
+            f"{name}: neither FGSM nor random signs at eps {noise['eps_text']} change AUROC "
+            f"(clean AUROC {prepared.clean_auroc:.3f}); the budget may be too small to measure robustness on this data"
+        )
+    elif noise is not None and noise["fgsm_auroc_drop"] <= noise["noise_auroc_drop"]:
+        messages.append(
+            f"{name}: FGSM at eps {noise['eps_text']} lowers AUROC by {noise['fgsm_auroc_drop']:.4f}, no more than "
             f"random signs of the same budget ({noise['noise_auroc_drop']:.4f}); the gradient may be masked"
         )
     return messages

@@ -25,6 +25,7 @@ from pytest_adrobust.report import build_report, write_json_atomic
 from pytest_adrobust.session import AdrobustSession, CaseParam, resolve_device
 from pytest_adrobust.settings import (
     OPTIONS,
+    anchor_dataset_specs,
     RunSettings,
     case_settings,
     check_marker_kwargs,
@@ -61,8 +62,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _configured_values(config: pytest.Config) -> dict[str, Any]:
     """Resolve every setting from the command line, then the ini file, then the defaults."""
+    # Only options that were given enter the sources, so that a value such as "all" (parsed to
+    # None) still takes precedence over the ini file and the default.
     cli = {option.name: config.getoption(f"adrobust_{option.name}") for option in OPTIONS}
-    ini = {option.name: (config.getini(option.ini) or None) for option in OPTIONS}
+    cli = {name: value for name, value in cli.items() if value is not None}
+    ini = {option.name: config.getini(option.ini) for option in OPTIONS}
+    ini = {name: value for name, value in ini.items() if value}
+    if "datasets" in cli:
+        cli["datasets"] = anchor_dataset_specs(cli["datasets"], config.invocation_params.dir)
+    if "datasets" in ini:
+        ini_dir = config.inipath.parent if config.inipath is not None else config.rootpath
+        ini["datasets"] = anchor_dataset_specs(ini["datasets"], ini_dir)
     try:
         return resolve([cli, ini], ["{flag}", "ini key {ini}"])
     except AdrobustError as error:
@@ -72,6 +82,10 @@ def _configured_values(config: pytest.Config) -> dict[str, Any]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
     values = _configured_values(config)
+    try:
+        resolve_device(values["device"])
+    except AdrobustError as error:
+        raise AdrobustUsageError(f"--adrobust-device: {error}") from None
     session = AdrobustSession(run_settings(values), values)
     config.pluginmanager.register(AdrobustPlugin(config, session), SESSION_PLUGIN_NAME)
 
@@ -120,15 +134,23 @@ class AdrobustPlugin:
         marker_values: dict[str, Any] = {}
         for marker in reversed(list(metafunc.definition.iter_markers("adrobust"))):
             if marker.args:
-                pytest.fail(f"{metafunc.definition.nodeid}: the adrobust marker takes keyword arguments only, got {marker.args!r}", pytrace=False)
+                pytest.fail(
+                    f"{metafunc.definition.nodeid}: the adrobust marker takes keyword arguments only, got {marker.args!r}",
+                    pytrace=False,
+                )
             marker_values.update(marker.kwargs)
+        failure = None
         try:
             check_marker_kwargs(marker_values)
-            values = resolve([marker_values, self.session.defaults], ["adrobust marker {name}=", "{flag}"])
+            if "datasets" in marker_values:
+                marker_values["datasets"] = anchor_dataset_specs(marker_values["datasets"], self.config.rootpath)
+            values = resolve([marker_values, self.session.defaults], ["adrobust marker", "{flag}"])
             settings = case_settings(values)
             self.session.validate_case(settings)
         except AdrobustError as error:
-            pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
+            failure = f"{metafunc.definition.nodeid}: {error}"
+        if failure is not None:
+            pytest.fail(failure, pytrace=False)
 
         params = [
             CaseParam(dataset, shots, eps, settings)
@@ -215,9 +237,17 @@ def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
     param = getattr(request, "param", None)
     if not isinstance(param, CaseParam):
         raise AdrobustError("adrobust_case is parametrized by the adrobust plugin and cannot be requested indirectly here")
-    detector = request.getfixturevalue("adrobust_detector")
-    validate_detector(detector)
-    return _session(request.config).case_result(detector, param, request.node)
+
+    # Problems with the detector or the data are the user's to fix, so they fail the item with
+    # the message alone; a traceback into torch or PIL would bury it.
+    failure = None
+    try:
+        detector = request.getfixturevalue("adrobust_detector")
+        validate_detector(detector)
+        return _session(request.config).case_result(detector, param, request.node)
+    except AdrobustError as error:
+        failure = str(error)
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def build_report(session: AdrobustSession, duration: float) -> dict[str, Any]:
         "items": [
             {
                 "nodeid": item.nodeid,
-                "dataset": item.key.dataset,
+                "dataset_spec": item.key.dataset,
                 "shots": item.key.shots,
                 "eps": item.eps.value,
                 "eps_text": str(item.eps),
@@ -178,6 +178,11 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> bool:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp creates the file readable by its owner only; give it the permissions of a file
+        # created normally, so that CI artifact uploads can read it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

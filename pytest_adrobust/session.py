@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import time
 from collections import defaultdict
@@ -137,6 +139,7 @@ class AdrobustSession:
         self.splits: dict[str, DatasetSplit] = {}
         self.planned: dict[tuple[str, int, int, int | None, str], set[Budget]] = defaultdict(set)
         self.evaluations: dict[CaseKey, CaseEvaluation] = {}
+        self.failures: dict[CaseKey, str] = {}
         self.detectors: dict[str, DetectorInfo] = {}
         self.items: dict[str, ItemRecord] = {}
         self.cache: ScoreCache | None = None
@@ -146,7 +149,12 @@ class AdrobustSession:
     def split(self, spec: str) -> DatasetSplit:
         """Return the dataset for ``spec``, loading its index once per session."""
         if spec not in self.splits:
-            self.splits[spec] = load_dataset(spec)
+            split = load_dataset(spec)
+            # Two folders with the same base name would share test ids and summary titles.
+            if any(other.name == split.name for other in self.splits.values()):
+                suffix = hashlib.sha256(spec.encode()).hexdigest()[:6]
+                split = dataclasses.replace(split, name=f"{split.name}-{suffix}")
+            self.splits[spec] = split
         return self.splits[spec]
 
     def validate_case(self, settings: CaseSettings) -> None:
@@ -204,18 +212,25 @@ class AdrobustSession:
                 self.detectors[fingerprint].weights_sha256 = weights_info.sha256
                 self.detectors[fingerprint].weights_path = weights_info.path
 
+        # A case that failed once fails the same way for every item, without recomputing it.
+        if key in self.failures:
+            raise AdrobustError(self.failures[key])
         evaluation = self.evaluations.get(key)
         if evaluation is None:
             budgets = self.planned.get(param.plan_key(), set()) | {param.eps}
-            evaluation = evaluate_case(
-                detector,
-                self.split(param.dataset),
-                key,
-                sorted(budgets),
-                self.run.batch_size,
-                self.progress,
-                self.cache,
-            )
+            try:
+                evaluation = evaluate_case(
+                    detector,
+                    self.split(param.dataset),
+                    key,
+                    sorted(budgets),
+                    self.run.batch_size,
+                    self.progress,
+                    self.cache,
+                )
+            except AdrobustError as error:
+                self.failures[key] = str(error)
+                raise
             self.evaluations[key] = evaluation
             for message in evaluation.warnings:
                 item.warn(AdrobustWarning(message))

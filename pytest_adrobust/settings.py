@@ -139,6 +139,32 @@ def _parse_datasets(value: object) -> tuple[str, ...]:
     return tuple(dict.fromkeys(specs))
 
 
+def anchor_dataset_specs(value: object, base: Path) -> object:
+    """Make the relative roots in dataset specs absolute against ``base``.
+
+    Paths in an ini file are relative to its directory, on the command line to the invocation
+    directory, and in a marker to the rootdir. A spec that does not parse is returned unchanged,
+    so that parsing reports it with the setting's name.
+    """
+    import os
+
+    from pytest_adrobust.data import parse_dataset_spec
+
+    anchored = []
+    for text in (str(item).strip() for item in _as_list(value)):
+        try:
+            spec = parse_dataset_spec(text)
+        except AdrobustError:
+            anchored.append(text)
+            continue
+        if spec.root is None or spec.root.is_absolute():
+            anchored.append(text)
+            continue
+        root = os.path.normpath(base / spec.root)
+        anchored.append(f"folder:{root}" if spec.kind == "folder" else f"{spec.kind}:{spec.category}@{root}")
+    return anchored
+
+
 def _parse_choice(name: str, choices: tuple[str, ...]) -> Callable[[object], str]:
     def parse(value: object) -> str:
         text = str(value).strip()
@@ -168,6 +194,16 @@ def _parse_device(value: object) -> str:
     text = str(value).strip()
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", text):
         raise AdrobustError(f"invalid device {value!r}: use {DEVICES_HELP}")
+    return text
+
+
+def _parse_backbone(value: object) -> str:
+    import timm
+
+    text = str(value).strip()
+    if not timm.is_model(text):
+        known = ", ".join(timm.list_models("*dinov2*"))
+        raise AdrobustError(f"unknown backbone {text!r}: use a timm model name such as {known}")
     return text
 
 
@@ -254,9 +290,10 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
     OptionSpec("min_entropy_gap", _parse_threshold("min_entropy_gap", -1.0, 1.0), None,
                "fail an item (eps > 0) whose mean entropy rise under attack, in bits, is below this", "BITS", True),
     OptionSpec("device", _parse_device, "auto", f"device for the backbone: {DEVICES_HELP}", "DEVICE", False),
-    OptionSpec("backbone", _parse_text("backbone"), DEFAULT_BACKBONE, "timm model name of the DINOv2 backbone", "NAME", False),
+    OptionSpec("backbone", _parse_backbone, DEFAULT_BACKBONE, "timm model name of the DINOv2 backbone", "NAME", False),
     OptionSpec("weights", _parse_weights, "auto",
-               "auto (cached pretrained weights, else seeded random), pretrained, random, or a .safetensors/.pth path",
+               "auto (cached pretrained weights, else seeded random), pretrained, random, or a "
+               ".safetensors/.pth/.pt/.bin path",
                "MODE|PATH", False),
     OptionSpec("resolution", _parse_int("resolution", 14), 448, "smaller image edge in pixels after loading", "PX", False),
     OptionSpec("batch_size", _parse_int("batch_size", 1), 8, "images per forward and backward pass", "N", False),
@@ -315,14 +352,18 @@ def resolve(sources: Iterable[Mapping[str, object]], where: Iterable[str]) -> di
     """Return every setting parsed from the first source that sets it, else its default.
 
     ``sources`` are ordered from highest precedence to lowest, and ``where`` names each one for
-    error messages (``"--adrobust-eps"``, ``"ini"``). Raises :class:`AdrobustError` naming the source.
+    error messages (``"--adrobust-eps"``, ``"ini"``). A source sets an option when it contains the
+    key, whatever the value: ``max_images=None`` means all images, not "unset". Raises
+    :class:`AdrobustError` naming the source.
     """
     sources = list(sources)
     names = list(where)
+    if len(sources) != len(names):
+        raise ValueError(f"{len(sources)} sources but {len(names)} labels")
     values: dict[str, Any] = {}
     for option in OPTIONS:
         for source, label in zip(sources, names):
-            if option.name in source and source[option.name] is not None:
+            if option.name in source:
                 try:
                     values[option.name] = option.parse(source[option.name])
                 except AdrobustError as error:

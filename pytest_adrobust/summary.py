@@ -110,14 +110,17 @@ def render_summary(session: AdrobustSession, width: int, plain: bool) -> str:
         if evaluation.noise_control is not None:
             noise = evaluation.noise_control
             console.print(
-                f"noise control at eps {noise['eps']:.4g}: FGSM drop {noise['fgsm_auroc_drop']:+.3f}, "
+                f"noise control at eps {noise['eps_text']}: FGSM drop {noise['fgsm_auroc_drop']:+.3f}, "
                 f"random-sign drop {noise['noise_auroc_drop']:+.3f}"
             )
     console.print()
     console.print(
-        f"ECE: l1, positive-class reliability, {ECE_BINS} equal-width bins; raw = scores min-max mapped with clean "
-        "scores, cal = Platt scaling cross-fitted on clean scores. H: predictive entropy in bits; gap = H att - H clean; "
-        "flag: share of attacked inputs above the 95th percentile of clean entropy."
+        f"ECE: l1, positive-class reliability, {ECE_BINS} equal-width bins. raw: scores min-max mapped with clean "
+        "scores; cal: Platt scaling cross-fitted on clean scores."
+    )
+    console.print(
+        "H: predictive entropy in bits; gap = H att - H clean; flag: share of attacked inputs above the 95th "
+        "percentile of clean entropy."
     )
     if session.report_written is not None:
         action = "replaced" if session.report_replaced else "written"

@@ -161,11 +161,19 @@ def test_self_check_flags_shrinking_drop_and_weak_attack(evaluation) -> None:
     budgets = dict(evaluation.budgets)
     small, large = BUDGETS[1], BUDGETS[2]
     budgets[large] = replace(budgets[large], auroc_drop=budgets[small].auroc_drop - 0.1)
-    noise = {"eps": large.value, "fgsm_auroc_drop": 0.01, "noise_auroc_drop": 0.02}
+    noise = {"eps": large.value, "eps_text": str(large), "fgsm_auroc_drop": 0.01, "noise_auroc_drop": 0.02}
     rescored = evaluation.prepared.clean_scores[:4]
     messages = self_check(evaluation.prepared, budgets, noise, rescored)
     assert any("AUROC drop shrinks" in message and "eps 8/255" in message for message in messages)
     assert any("no more than random signs" in message for message in messages)
+
+
+def test_self_check_notes_saturated_budget(evaluation) -> None:
+    eps = BUDGETS[-1]
+    noise = {"eps": eps.value, "eps_text": str(eps), "fgsm_auroc_drop": 0.0, "noise_auroc_drop": 0.0}
+    messages = self_check(evaluation.prepared, evaluation.budgets, noise, evaluation.prepared.clean_scores[:4])
+    assert any("neither FGSM nor random signs at eps 8/255 change AUROC" in message for message in messages)
+    assert not any("gradient may be masked" in message for message in messages)
 
 
 def test_surrogate_attack_costs_half_fold_extra(parts_split) -> None:
@@ -270,3 +278,16 @@ def test_out_of_memory_single_image_raises() -> None:
 
     with pytest.raises(AdrobustError, match="out of memory on a single image"):
         split_on_oom(np.arange(4), run)
+
+
+def test_report_file_readable_by_others(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "report.json"
+        write_json_atomic(path, {"run": 1})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -340,3 +340,44 @@ def test_cache_off_writes_nothing(suite: pytest.Pytester, tmp_path: Path) -> Non
     result.assert_outcomes(passed=3)
     assert json.loads(report_path.read_text())["cases"][0]["cache"] == "off"
     assert not list(suite.path.rglob("*.npz"))
+
+
+def test_max_images_all_beats_ini(suite: pytest.Pytester, tmp_path: Path) -> None:
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.adrobust(eps=[0])
+        def test_robust(adrobust_case):
+            assert adrobust_case.auroc >= 0
+        """
+    )
+    report_path = tmp_path / "report.json"
+    result = run(suite, "--adrobust-max-images=all", f"--adrobust-report={report_path}")
+    result.assert_outcomes(passed=1)
+    case = json.loads(report_path.read_text())["cases"][0]
+    # The generated pool holds 6 normal and 12 anomalous test images; the ini's limit is 6.
+    assert case["max_images"] is None
+    assert case["n_images"] == 18
+
+
+def test_ini_folder_relative_to_ini_file(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    sub = suite.mkdir("sub")
+    (sub / "test_robust.py").write_text("def test_robust(adrobust_case):\n    pass\n")
+    # Run from the subdirectory: the ini's folder:parts must still mean the folder beside the ini file.
+    monkeypatch.chdir(sub)
+    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "--collect-only", "-q", "--adrobust-eps=0")
+    result.stdout.fnmatch_lines(["*test_robust[[]folder-parts-2shot-eps0[]]"])
+    assert result.ret == 0
+
+
+def test_same_folder_names_get_distinct_ids(suite: pytest.Pytester) -> None:
+    write_parts_dataset(suite.path / "v2" / "parts", normal=8, per_defect=4)
+    suite.makepyfile(
+        """
+        def test_robust(adrobust_case):
+            pass
+        """
+    )
+    result = run(suite, "--collect-only", "-q", "--adrobust-eps=0", "--adrobust-datasets=folder:parts,folder:v2/parts/")
+    result.stdout.fnmatch_lines(["*test_robust[[]folder-parts-2shot-eps0[]]", "*test_robust[[]folder-parts-??????-2shot-eps0[]]"])

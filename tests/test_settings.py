@@ -124,8 +124,14 @@ def test_resolve_first_source_wins() -> None:
     assert values["attack"] == "surrogate"
 
 
-def test_resolve_none_means_unset() -> None:
-    values = resolve([{"seed": None}, {"seed": "3"}], SOURCE_LABELS)
+def test_resolve_none_is_a_value() -> None:
+    values = resolve([{"max_images": None}, {"max_images": "3"}, {}], SOURCE_LABELS)
+
+    assert values["max_images"] is None
+
+
+def test_resolve_missing_key_is_unset() -> None:
+    values = resolve([{}, {"seed": "3"}, {}], SOURCE_LABELS)
 
     assert values["seed"] == 3
 
@@ -156,7 +162,7 @@ def test_resolve_error_names_ini_key() -> None:
 
 def test_resolve_error_names_marker() -> None:
     with pytest.raises(AdrobustError, match=r"^marker: invalid attack 'pgd'"):
-        resolve([{"attack": "pgd"}, {"attack": "score"}], SOURCE_LABELS)
+        resolve([{"attack": "pgd"}, {"attack": "score"}, {}], SOURCE_LABELS)
 
 
 # Integer and list settings

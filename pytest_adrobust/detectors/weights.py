@@ -115,7 +115,7 @@ def _download_weights(model: nn.Module, model_name: str) -> Path:
     repo_id = (getattr(model, "pretrained_cfg", None) or {}).get("hf_hub_id")
     how_to = (
         f"download the weights of {model_name!r} on a machine with network access (for example "
-        f"`huggingface-cli download {repo_id} model.safetensors`) and pass the file with "
+        f"`hf download {repo_id} model.safetensors`) and pass the file with "
         "--adrobust-weights PATH, or copy the Hugging Face cache to this machine"
     )
     if not repo_id:
@@ -197,17 +197,28 @@ def load_weights_file(model: nn.Module, model_name: str, path: Path) -> None:
     if missing or unexpected or shapes:
         details = []
         if missing:
-            details.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+            details.append(f"{_count(len(missing), 'missing key')} (e.g. {', '.join(missing[:3])})")
         if unexpected:
-            details.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+            details.append(f"{_count(len(unexpected), 'unexpected key')} (e.g. {', '.join(unexpected[:3])})")
         if shapes:
-            details.append(f"{len(shapes)} shape mismatches (e.g. {shapes[0]})")
+            details.append(f"{_count(len(shapes), 'shape mismatch', 'shape mismatches')} (e.g. {shapes[0]})")
+        # Shape mismatches or many foreign keys mean another architecture; a few missing keys
+        # with matching shapes mean an incomplete file.
+        if shapes or len(missing) + len(unexpected) > 4:
+            advice = (
+                "Pass the backbone the file was trained for with --adrobust-backbone "
+                "(vit_small/base/large/giant_patch14_dinov2, or the _reg4_ variants for files with register tokens)"
+            )
+        else:
+            advice = "The file looks incomplete or edited: export the full state dict of the model again"
         raise AdrobustError(
-            f"weights file {str(path)!r} does not match backbone {model_name!r}: {'; '.join(details)}. "
-            "Pass the backbone the file was trained for with --adrobust-backbone "
-            "(vit_small/base/large/giant_patch14_dinov2, or the _reg4_ variants for files with register tokens)"
+            f"weights file {str(path)!r} does not match backbone {model_name!r}: {'; '.join(details)}. {advice}"
         )
     model.load_state_dict(state, strict=True)
+
+
+def _count(number: int, singular: str, plural: str | None = None) -> str:
+    return f"{number} {singular if number == 1 else plural or singular + 's'}"
 
 
 def resolve_weights(model: nn.Module, model_name: str, weights: str, seed: int) -> WeightsInfo:
