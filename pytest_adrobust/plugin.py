@@ -6,6 +6,7 @@ run's state; option parsing lives in :mod:`pytest_adrobust.settings`.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from pytest_adrobust.cache import ScoreCache
 from pytest_adrobust.case import CaseResult
+from pytest_adrobust.data import expand_dataset_spec
 from pytest_adrobust.detectors import AnomalyDINO, Detector
 from pytest_adrobust.detectors.base import validate_detector
 from pytest_adrobust.errors import AdrobustError, AdrobustUsageError
@@ -146,6 +148,9 @@ class AdrobustPlugin:
                 marker_values["datasets"] = anchor_dataset_specs(marker_values["datasets"], self.config.rootpath)
             values = resolve([marker_values, self.session.defaults], ["adrobust marker", "{flag}"])
             settings = case_settings(values)
+            # mvtec:all@ROOT and visa:all@ROOT stand for every category found under ROOT.
+            expanded = [spec for text in settings.datasets for spec in expand_dataset_spec(text)]
+            settings = dataclasses.replace(settings, datasets=tuple(dict.fromkeys(expanded)))
             self.session.validate_case(settings)
         except AdrobustError as error:
             failure = f"{metafunc.definition.nodeid}: {error}"

@@ -59,3 +59,23 @@ def adrobust_detector(adrobust_device):
     )
     return AnomalyDINO.from_module(vit, "tiny-vit", resolution=56, device=adrobust_device, weights="random-init (seed 0)")
 '''
+
+
+def write_mvtec_tree(root: Path, categories: tuple[str, ...] = ("bottle", "capsule"), size: int = 56) -> Path:
+    """Write an MVTec-AD tree: train/good, test/good and test/spot, and ground_truth/spot masks."""
+    rng = np.random.default_rng(1)
+    for category in categories:
+        base = root / category
+        for folder in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+            (base / folder).mkdir(parents=True, exist_ok=True)
+        for index in range(6):
+            Image.fromarray(texture(rng, size)).convert("RGB").save(base / "train" / "good" / f"{index:03d}.png")
+        for index in range(4):
+            Image.fromarray(texture(rng, size)).convert("RGB").save(base / "test" / "good" / f"{index:03d}.png")
+            image = texture(rng, size)
+            mask = np.zeros((size, size), dtype=np.uint8)
+            image[10:30, 20:40] = 250
+            mask[10:30, 20:40] = 255
+            Image.fromarray(image).convert("RGB").save(base / "test" / "spot" / f"{index:03d}.png")
+            Image.fromarray(mask).save(base / "ground_truth" / "spot" / f"{index:03d}_mask.png")
+    return root

@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pytest_adrobust.data import DatasetSpec, DatasetSplit, load_dataset, parse_dataset_spec
+from pytest_adrobust.data import (
+    DatasetSpec,
+    DatasetSplit,
+    expand_dataset_spec,
+    load_dataset,
+    parse_dataset_spec,
+)
 from pytest_adrobust.errors import AdrobustError
 
 
@@ -63,12 +69,68 @@ def test_parse_missing_folder_does_no_io(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["mvtec", "visa"])
-def test_parse_planned_kind_not_supported(kind: str) -> None:
-    expected = rf"'{kind}'.*not supported by this version yet"
-    with pytest.raises(AdrobustError, match=expected) as info:
-        parse_dataset_spec(f"{kind}:bottle@/data/{kind}")
+def test_parse_category_and_root(kind: str) -> None:
+    spec = parse_dataset_spec(f"{kind}:bottle@/data/{kind}")
 
-    assert "elpv, folder" in str(info.value)
+    assert spec.kind == kind
+    assert spec.category == "bottle"
+    assert spec.root == Path(f"/data/{kind}")
+    assert spec.text == f"{kind}:bottle@/data/{kind}"
+
+
+def test_parse_root_with_at_and_colon() -> None:
+    spec = parse_dataset_spec("mvtec:screw@/mnt/c:/runs@2024/mvtec")
+
+    assert spec.category == "screw"
+    assert spec.root == Path("/mnt/c:/runs@2024/mvtec")
+
+
+def test_parse_category_root_expands_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    spec = parse_dataset_spec("visa:all@~/visa")
+
+    assert spec.category == "all"
+    assert spec.root == tmp_path / "visa"
+    assert spec.text == "visa:all@~/visa"
+
+
+def test_parse_category_root_does_no_io(tmp_path: Path) -> None:
+    missing = tmp_path / "does-not-exist"
+
+    spec = parse_dataset_spec(f"mvtec:Bottle@{missing}")
+
+    assert spec.category == "Bottle"
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("mvtec:bottle", r"'mvtec:bottle' has no '@'; write mvtec:CATEGORY@ROOT"),
+        ("visa:candle", r"'visa:candle' has no '@'; write visa:CATEGORY@ROOT"),
+        ("mvtec:@/data", r"has no category before '@'"),
+        ("visa:candle@", r"has no root after '@'"),
+        ("mvtec:bottle@  ", r"has no root after '@'"),
+        ("mvtec:a/b@/data", r"category 'a/b', which is a path"),
+        ("visa:..@/data", r"category '\.\.', which is a path"),
+    ],
+)
+def test_parse_invalid_category_spec(text: str, pattern: str) -> None:
+    with pytest.raises(AdrobustError, match=pattern):
+        parse_dataset_spec(text)
+
+
+@pytest.mark.parametrize("text", ["elpv:mono", "folder:/data/cables", "mvtec:bottle@/data"])
+def test_expand_ordinary_spec(text: str) -> None:
+    assert expand_dataset_spec(text) == [text]
+
+
+def test_expand_invalid_spec_rejected() -> None:
+    with pytest.raises(AdrobustError, match=r"has no '@'"):
+        expand_dataset_spec("visa:all")
 
 
 @pytest.mark.parametrize(
@@ -81,6 +143,7 @@ def test_parse_planned_kind_not_supported(kind: str) -> None:
         ("ELPV:mono", r"unknown kind 'ELPV'"),
         ("elpv:", r"ELPV category ''"),
         ("elpv:cigs", r"ELPV category 'cigs'"),
+        ("MVTec:bottle@/data", r"unknown kind 'MVTec'"),
         ("folder:", r"'folder:' has no path"),
         ("folder:  ", r"'folder:  ' has no path"),
     ],
@@ -90,6 +153,7 @@ def test_parse_invalid_spec_rejected(text: str, pattern: str) -> None:
         parse_dataset_spec(text)
 
     assert "elpv:mono" in str(info.value)
+    assert "mvtec:CATEGORY@ROOT" in str(info.value)
 
 
 def test_parse_non_string_rejected() -> None:
@@ -134,11 +198,23 @@ def test_load_dataset_missing_folder(tmp_path: Path) -> None:
 
 def test_load_dataset_unknown_kind_rejected() -> None:
     spec = DatasetSpec(
-        kind="mvtec", category="bottle", root=Path("/data"), text="mvtec:bottle@/data"
+        kind="imagenet", category="val", root=Path("/data"), text="imagenet:val@/data"
     )
 
-    with pytest.raises(AdrobustError, match=r"unsupported kind 'mvtec'"):
+    with pytest.raises(AdrobustError, match=r"unsupported kind 'imagenet'"):
         load_dataset(spec)
+
+
+def test_load_dataset_mvtec_without_root() -> None:
+    spec = DatasetSpec(kind="mvtec", category="bottle", root=None, text="mvtec:bottle")
+
+    with pytest.raises(AdrobustError, match=r"no category or no root"):
+        load_dataset(spec)
+
+
+def test_load_dataset_missing_mvtec_root(tmp_path: Path) -> None:
+    with pytest.raises(AdrobustError, match=r"does-not-exist' does not exist"):
+        load_dataset(f"mvtec:bottle@{tmp_path / 'does-not-exist'}")
 
 
 def test_load_dataset_elpv_without_category() -> None:

@@ -381,3 +381,27 @@ def test_same_folder_names_get_distinct_ids(suite: pytest.Pytester) -> None:
     )
     result = run(suite, "--collect-only", "-q", "--adrobust-eps=0", "--adrobust-datasets=folder:parts,folder:v2/parts/")
     result.stdout.fnmatch_lines(["*test_robust[[]folder-parts-2shot-eps0[]]", "*test_robust[[]folder-parts-??????-2shot-eps0[]]"])
+
+
+def test_mvtec_all_expands_categories(suite: pytest.Pytester, tmp_path: Path) -> None:
+    from tests.synthetic import write_mvtec_tree
+
+    write_mvtec_tree(suite.path / "mvtec")
+    suite.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.adrobust(datasets=["mvtec:all@mvtec"], eps=[0, "4/255"], shots=[1], max_images=2)
+        def test_robust(adrobust_case):
+            assert adrobust_case.auroc >= 0
+        """
+    )
+    report_path = tmp_path / "report.json"
+    result = run(suite, f"--adrobust-report={report_path}")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*mvtec-bottle 1-shot*rotation*", "*mvtec-capsule 1-shot*masking, rotation*"])
+    cases = {case["dataset"]: case for case in json.loads(report_path.read_text())["cases"]}
+    assert cases["mvtec-capsule"]["masking"] is True
+    assert cases["mvtec-bottle"]["masking"] is False
+    assert cases["mvtec-bottle"]["rotation"] is True
+    assert cases["mvtec-bottle"]["dataset_layout"] == "mvtec tree"

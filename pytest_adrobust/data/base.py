@@ -38,8 +38,8 @@ class ImageRecord:
     defect : str
         ``"good"`` for a normal image, otherwise the defect class.
     mask : pathlib.Path or None
-        Ground-truth mask of an anomalous image, with the same pixel size as the image. None for
-        normal images and for datasets without masks.
+        Ground-truth mask of an anomalous image, or None for normal images and for datasets
+        without masks. The MVTec and VisA loaders check that a mask has its image's pixel size.
 
     Raises
     ------
@@ -162,7 +162,12 @@ def split_normal_pool(
 
 
 def sample_case(
-    split: DatasetSplit, shots: int, max_images: int | None, seed: int
+    split: DatasetSplit,
+    shots: int,
+    max_images: int | None,
+    seed: int,
+    *,
+    selection: str = "random",
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """Draw the few-shot references and the test set of one evaluation case.
 
@@ -171,6 +176,12 @@ def sample_case(
     anomalous class of ``split.test``, ``max_images`` images are drawn without replacement when the
     class has more, otherwise the class is taken whole. The pools are sorted by ``image_id`` before
     drawing, so the result depends only on the seed and the set of images, not on pool order.
+
+    With ``selection="anomalydino"`` the references are instead images ``seed * shots`` to
+    ``(seed + 1) * shots - 1`` of ``split.train`` sorted by file name, which is how the
+    AnomalyDINO reference code (``src/detection.py`` of github.com/dammsi/AnomalyDINO) slices
+    ``sorted(os.listdir("<category>/train/good"))``. The random reference draw still advances the
+    generator, so the test set is the same for both selections.
 
     Parameters
     ----------
@@ -182,19 +193,24 @@ def sample_case(
         Maximum number of test images per class, at least 2, or None for all of them.
     seed : int
         Non-negative seed of the draw.
+    selection : {"random", "anomalydino"}
+        How the references are chosen: a seeded random draw, or the slice of the file-name order
+        that the seed selects.
 
     Returns
     -------
     tuple of (list of ImageRecord, list of ImageRecord)
-        The references in draw order, and the test set with the normal images first and then the
-        anomalous ones, each class sorted by ``image_id``.
+        The references in draw order (in file-name order for ``"anomalydino"``), and the test set
+        with the normal images first and then the anomalous ones, each class sorted by
+        ``image_id``.
 
     Raises
     ------
     AdrobustError
-        If an argument is invalid, ``shots`` exceeds the number of normal training images, or the
-        test pool has fewer than two images of either class. The stratified 2-fold cross-fitting
-        of the protocol needs at least two images per class.
+        If an argument is invalid, ``shots`` exceeds the number of normal training images, the
+        ``"anomalydino"`` slice runs past the end of the training pool, or the test pool has fewer
+        than two images of either class. The stratified 2-fold cross-fitting of the protocol needs
+        at least two images per class.
     """
     if not isinstance(split, DatasetSplit):
         raise AdrobustError(f"split must be a DatasetSplit, got {type(split).__name__}.")
@@ -212,6 +228,11 @@ def sample_case(
 
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise AdrobustError(f"{split.name}: seed must be an integer >= 0, got {seed!r}.")
+
+    if selection not in SELECTIONS:
+        raise AdrobustError(
+            f"{split.name}: selection must be one of {', '.join(SELECTIONS)}, got {selection!r}."
+        )
 
     if shots > len(split.train):
         raise AdrobustError(
@@ -231,7 +252,10 @@ def sample_case(
     rng = np.random.default_rng(seed)
     train = sorted(split.train, key=lambda record: record.image_id)
     reference_indices = rng.choice(len(train), size=shots, replace=False)
-    references = [train[i] for i in reference_indices]
+    if selection == "random":
+        references = [train[i] for i in reference_indices]
+    else:
+        references = _anomalydino_references(split, shots, seed)
 
     test_set: list[ImageRecord] = []
     for label in (0, 1):
@@ -242,6 +266,24 @@ def sample_case(
         test_set.extend(pool)
 
     return references, test_set
+
+
+def _anomalydino_references(split: DatasetSplit, shots: int, seed: int) -> list[ImageRecord]:
+    # Python sorts file names by code point, as sorted(os.listdir(...)) does, so "10.png" comes
+    # before "2.png". The image id breaks ties between equal names from different folders.
+    by_name = sorted(split.train, key=lambda record: (record.path.name, record.image_id))
+    start = seed * shots
+    stop = start + shots
+
+    if stop > len(by_name):
+        largest_seed = len(by_name) // shots - 1
+        raise AdrobustError(
+            f"{split.name}: selection 'anomalydino' with shots={shots} and seed={seed} takes "
+            f"references {start} to {stop - 1} in file-name order, but the training pool has "
+            f"{len(by_name)} images; use a seed <= {largest_seed} for {shots} shots."
+        )
+
+    return by_name[start:stop]
 
 
 def _sorted_class(records: Sequence[ImageRecord], label: int) -> list[ImageRecord]:
