@@ -180,3 +180,8 @@ def test_custom_detector_example_runs(pytester: pytest.Pytester, monkeypatch: py
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["backbone partnet-v1 | weights random-init (seed 0) | device cpu | resolution 112"])
+
+
+def test_cnn_backbone_name_rejected() -> None:
+    with pytest.raises(AdrobustError, match="backbone 'resnet18' is not a vision transformer with patch tokens"):
+        AnomalyDINO("resnet18", weights="random", resolution=56)

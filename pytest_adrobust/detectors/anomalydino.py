@@ -38,8 +38,10 @@ def create_backbone(name: str, resolution: int, seed: int) -> nn.Module:
     Raises
     ------
     AdrobustError
-        When timm does not know ``name``.
+        When timm does not know ``name``, or the model is not a vision transformer that takes an
+        image size (a CNN, for example).
     """
+    unknown = None
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -49,8 +51,14 @@ def create_backbone(name: str, resolution: int, seed: int) -> nn.Module:
     except RuntimeError as error:
         if "Unknown model" not in str(error):
             raise
-        known = ", ".join(timm.list_models("*dinov2*"))
-        raise AdrobustError(f"unknown backbone {name!r}: use a timm model name such as {known}") from error
+        unknown = f"unknown backbone {name!r}: use a timm model name such as {', '.join(timm.list_models('*dinov2*'))}"
+    except TypeError as error:
+        # timm passes img_size and dynamic_img_size to the model class, which only ViTs accept.
+        unknown = (
+            f"backbone {name!r} is not a vision transformer with patch tokens ({error}); wrap it with "
+            "pytest_adrobust.detectors.from_token_module and override the adrobust_detector fixture"
+        )
+    raise AdrobustError(unknown)
 
 
 class AnomalyDINO(nn.Module):
