@@ -331,7 +331,7 @@ def prepare_case(
             passes["forward_backward"] = count
         else:
             # The head that attacks fold 1 is fitted on fold 0, whose features need a forward pass
-            # first; fold 1's features, from its own backward pass, then fit the head for fold 0.
+            # first. Fold 1's features, from its own backward pass, then fit the head for fold 0.
             first = fold_indices[0]
 
             def embed(batch: np.ndarray) -> None:

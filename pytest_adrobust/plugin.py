@@ -244,7 +244,7 @@ def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
         raise AdrobustError("adrobust_case is parametrized by the adrobust plugin and cannot be requested indirectly here")
 
     # Problems with the detector or the data are the user's to fix, so they fail the item with
-    # the message alone; a traceback into torch or PIL would bury it.
+    # the message alone, because a traceback into torch or PIL would bury it.
     failure = None
     try:
         detector = request.getfixturevalue("adrobust_detector")

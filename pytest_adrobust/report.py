@@ -178,7 +178,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> bool:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp creates the file readable by its owner only; give it the permissions of a file
+        # mkstemp creates the file readable by its owner only. Give it the permissions of a file
         # created normally, so that CI artifact uploads can read it.
         umask = os.umask(0)
         os.umask(umask)

@@ -116,10 +116,10 @@ def configure_detector(detector: Detector, masking: bool, rotation: bool) -> Non
     AdrobustError
         When an option is requested but the detector has no such attribute.
     """
-    for name, wanted in (("masking", masking), ("rotation", rotation)):
+    for name, requested in (("masking", masking), ("rotation", rotation)):
         if hasattr(detector, name):
-            setattr(detector, name, wanted)
-        elif wanted:
+            setattr(detector, name, requested)
+        elif requested:
             raise AdrobustError(
                 f"{name} is on for this case but detector {type(detector).__name__} has no {name!r} attribute: "
                 f"set the {name} option to off, or add the attribute to the detector"

@@ -66,8 +66,10 @@ def case_table(session: AdrobustSession, evaluation: CaseEvaluation, plain: bool
         + "".join(f", {option}" for option in options)
     )
     table = Table(title=title, box=box.ASCII if plain else box.SIMPLE_HEAVY, title_justify="left", pad_edge=False)
+
     for heading, _ in COLUMNS:
         table.add_column(heading, justify="left" if heading in ("eps", "verdict") else "right", no_wrap=True)
+
     for eps in sorted(evaluation.budgets):
         metrics = evaluation.budgets[eps].scalars()
         cells = []

@@ -356,7 +356,7 @@ def test_max_images_all_beats_ini(suite: pytest.Pytester, tmp_path: Path) -> Non
     result = run(suite, "--adrobust-max-images=all", f"--adrobust-report={report_path}")
     result.assert_outcomes(passed=1)
     case = json.loads(report_path.read_text())["cases"][0]
-    # The generated pool holds 6 normal and 12 anomalous test images; the ini's limit is 6.
+    # The generated pool has 6 normal and 12 anomalous test images, and the ini's limit is 6.
     assert case["max_images"] is None
     assert case["n_images"] == 18
 
