@@ -228,12 +228,14 @@ def adrobust_detector(adrobust_config: RunSettings, adrobust_device: torch.devic
     Override this fixture in a ``conftest.py`` to test another detector that implements
     :class:`pytest_adrobust.detectors.Detector`.
     """
-    return AnomalyDINO(
+    detector = AnomalyDINO(
         adrobust_config.backbone,
         weights=adrobust_config.weights,
         resolution=adrobust_config.resolution,
         device=adrobust_device,
     )
+    detector.precision = adrobust_config.precision
+    return detector
 
 
 @pytest.fixture

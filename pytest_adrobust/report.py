@@ -102,6 +102,7 @@ def case_record(evaluation: CaseEvaluation) -> dict[str, Any]:
         "noise_control": evaluation.noise_control,
         "self_check_warnings": list(evaluation.warnings),
         "cache": prepared.cache,
+        "bf16_max_score_difference": prepared.bf16_max_difference,
         "passes": dict(prepared.passes),
         "seconds": {name: round(value, 3) for name, value in prepared.seconds.items()},
         "images": images,
@@ -123,6 +124,7 @@ def build_report(session: AdrobustSession, duration: float) -> dict[str, Any]:
             "resolution": run.resolution,
             "batch_size": run.batch_size,
             "cache": run.cache,
+            "precision": run.precision,
         },
         "conventions": {
             "ece": ECE_VARIANT,

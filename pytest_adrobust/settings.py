@@ -297,6 +297,9 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
                "MODE|PATH", False),
     OptionSpec("resolution", _parse_int("resolution", 14), 448, "smaller image edge in pixels after loading", "PX", False),
     OptionSpec("batch_size", _parse_int("batch_size", 1), 8, "images per forward and backward pass", "N", False),
+    OptionSpec("precision", _parse_choice("precision", ("fp32", "bf16")), "fp32",
+               "backbone precision of the default detector: fp32, or bf16 autocast (for CUDA); bf16 scores are "
+               "checked against fp32 on a sample", "fp32|bf16", False),
     OptionSpec("cache", _parse_cache, "auto",
                "score cache: auto (inside pytest's cache directory), off, or a directory", "auto|off|DIR", False),
     OptionSpec("report", _parse_report, None, "write a JSON report with every metric and per-image score to PATH", "PATH", False),
@@ -345,6 +348,7 @@ class RunSettings:
     resolution: int
     batch_size: int
     cache: str
+    precision: str
     report: Path | None
 
 
@@ -400,6 +404,7 @@ def run_settings(values: Mapping[str, Any]) -> RunSettings:
         resolution=values["resolution"],
         batch_size=values["batch_size"],
         cache=values["cache"],
+        precision=values["precision"],
         report=values["report"],
     )
 

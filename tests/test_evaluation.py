@@ -291,3 +291,33 @@ def test_report_file_readable_by_others(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_bf16_scores_checked_against_fp32(parts_split) -> None:
+    detector = tiny_detector()
+    detector.precision = "bf16"
+    key = CaseKey(parts_split.spec, 2, 0, 4, "score", detector.fingerprint())
+    result = evaluate_case(detector, parts_split, key, BUDGETS[:2], batch_size=4)
+    difference = result.prepared.bf16_max_difference
+    assert difference is not None
+    assert 0.0 < difference < 5e-3
+    assert detector.precision == "bf16"
+    assert not any("bf16" in message for message in result.warnings)
+
+
+def test_bf16_changes_fingerprint() -> None:
+    detector = tiny_detector()
+    before = detector.fingerprint()
+    detector.precision = "bf16"
+    assert detector.fingerprint() != before
+
+
+def test_bf16_difference_over_tolerance_warns(parts_split, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_adrobust.evaluation as evaluation_module
+
+    monkeypatch.setattr(evaluation_module, "BF16_SCORE_ATOL", 0.0)
+    detector = tiny_detector()
+    detector.precision = "bf16"
+    key = CaseKey(parts_split.spec, 2, 0, 4, "score", detector.fingerprint())
+    result = evaluate_case(detector, parts_split, key, BUDGETS[:2], batch_size=4)
+    assert any("bf16 scores differ from fp32 by up to" in message for message in result.warnings)

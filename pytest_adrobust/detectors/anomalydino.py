@@ -169,6 +169,8 @@ class AnomalyDINO(nn.Module):
         self.bank: torch.Tensor | None = None
         self._faiss: FaissBank | None = None
         self._rotation = rotation
+        self.precision = "fp32"
+        """``fp32``, or ``bf16`` for the backbone under autocast (CUDA, or CPUs with bf16 support)."""
         self.masking = masking
         self._fingerprint: str | None = None
         self._fingerprint_key: tuple[str, tuple[tuple[str, int, int], ...]] | None = None
@@ -226,7 +228,13 @@ class AnomalyDINO(nn.Module):
                 f"image size {tuple(images.shape[2:])} is not a multiple of the patch size {self.patch_size}; "
                 "load images with pytest_adrobust.data.load_images, which crops them"
             )
-        tokens = self.model.forward_features((images - self.mean) / self.std)
+        normalised = (images - self.mean) / self.std
+        if self.precision == "bf16":
+            with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+                tokens = self.model.forward_features(normalised)
+            tokens = tokens.float()
+        else:
+            tokens = self.model.forward_features(normalised)
         return tokens[:, self.num_prefix_tokens :]
 
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -347,6 +355,8 @@ class AnomalyDINO(nn.Module):
             settings["masking"] = True
         if self.rotation:
             settings["rotation"] = True
+        if self.precision != "fp32":
+            settings["precision"] = self.precision
         encoded = json.dumps(settings, sort_keys=True)
 
         state = self.model.state_dict(keep_vars=True)
