@@ -144,6 +144,7 @@ def build_report(session: AdrobustSession, duration: float) -> dict[str, Any]:
                 "weights_path": info.weights_path,
                 "device": info.device,
                 "resolution": info.resolution,
+                "batch_size": session.batch_sizes.get(fingerprint),
             }
             for fingerprint, info in session.detectors.items()
         },

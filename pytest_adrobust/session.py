@@ -75,6 +75,43 @@ class ItemRecord:
     message: str = ""
 
 
+CPU_BATCH_SIZE = 8
+MAX_BATCH_SIZE = 64
+
+
+def batch_size_for_memory(free_bytes: int, per_image_bytes: int, share: float = 0.5) -> int:
+    """Return how many images fit in ``share`` of ``free_bytes``, between 1 and ``MAX_BATCH_SIZE``."""
+    if per_image_bytes <= 0:
+        return MAX_BATCH_SIZE
+    return max(1, min(MAX_BATCH_SIZE, int(share * free_bytes // per_image_bytes)))
+
+
+def choose_batch_size(setting: int | str, detector: Detector) -> int:
+    """Return the batch size for ``detector``: the setting, or one sized from free memory for ``auto``.
+
+    On CUDA, ``auto`` measures the peak memory of a forward and backward pass on one image and
+    fills half of the free memory. On the CPU it returns 8, because larger batches gain little
+    speed there. Batches that still run out of memory are halved and retried during the run.
+    """
+    if isinstance(setting, int):
+        return setting
+    device = torch.device(detector.device)
+    if device.type != "cuda":
+        return CPU_BATCH_SIZE
+    # NOTE: this probe runs only on CUDA machines; the test suite covers batch_size_for_memory.
+    side = detector.resolution - detector.resolution % detector.patch_size
+    probe = torch.rand(1, 3, side, side, device=device, requires_grad=True)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    baseline = torch.cuda.memory_allocated(device)
+    detector.fit(probe.detach())
+    scores, _ = detector.score_and_embed(probe)
+    scores.sum().backward()
+    per_image = torch.cuda.max_memory_allocated(device) - baseline
+    free, _ = torch.cuda.mem_get_info(device)
+    return batch_size_for_memory(free, per_image)
+
+
 def resolve_device(name: str) -> torch.device:
     """Return the torch device for a ``device`` setting; ``auto`` picks CUDA when available.
 
@@ -140,6 +177,7 @@ class AdrobustSession:
         self.planned: dict[tuple[str, int, int, int | None, str], set[Budget]] = defaultdict(set)
         self.evaluations: dict[CaseKey, CaseEvaluation] = {}
         self.failures: dict[CaseKey, str] = {}
+        self.batch_sizes: dict[str, int] = {}
         self.detectors: dict[str, DetectorInfo] = {}
         self.items: dict[str, ItemRecord] = {}
         self.cache: ScoreCache | None = None
@@ -218,13 +256,16 @@ class AdrobustSession:
         evaluation = self.evaluations.get(key)
         if evaluation is None:
             budgets = self.planned.get(param.plan_key(), set()) | {param.eps}
+            if fingerprint not in self.batch_sizes:
+                self.batch_sizes[fingerprint] = choose_batch_size(self.run.batch_size, detector)
+                logger.info("batch size %d for %s", self.batch_sizes[fingerprint], self.detectors[fingerprint].backbone)
             try:
                 evaluation = evaluate_case(
                     detector,
                     self.split(param.dataset),
                     key,
                     sorted(budgets),
-                    self.run.batch_size,
+                    self.batch_sizes[fingerprint],
                     self.progress,
                     self.cache,
                 )
@@ -236,7 +277,7 @@ class AdrobustSession:
                 item.warn(AdrobustWarning(message))
         elif param.eps not in evaluation.budgets:
             ensure_inputs(detector, evaluation.prepared)
-            scores = attacked_scores(detector, evaluation.prepared, param.eps, self.run.batch_size, self.progress)
+            scores = attacked_scores(detector, evaluation.prepared, param.eps, self.batch_sizes[fingerprint], self.progress)
             evaluation.budgets[param.eps] = budget_metrics(evaluation.prepared, param.eps, scores)
 
         self.items[nodeid] = ItemRecord(

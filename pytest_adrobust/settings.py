@@ -232,6 +232,12 @@ def _parse_report(value: object) -> Path | None:
     return path
 
 
+def _parse_batch_size(value: object) -> int | str:
+    if isinstance(value, str) and value.strip() == "auto":
+        return "auto"
+    return _parse_int("batch_size", 1)(value)
+
+
 def _parse_cache(value: object) -> str:
     text = str(value).strip()
     if text in ("auto", "off"):
@@ -296,7 +302,9 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
                ".safetensors/.pth/.pt/.bin path",
                "MODE|PATH", False),
     OptionSpec("resolution", _parse_int("resolution", 14), 448, "smaller image edge in pixels after loading", "PX", False),
-    OptionSpec("batch_size", _parse_int("batch_size", 1), 8, "images per forward and backward pass", "N", False),
+    OptionSpec("batch_size", _parse_batch_size, "auto",
+               "images per forward and backward pass, or auto (8 on the CPU, sized from free memory on CUDA)",
+               "N|auto", False),
     OptionSpec("precision", _parse_choice("precision", ("fp32", "bf16")), "fp32",
                "backbone precision of the default detector: fp32, or bf16 autocast (for CUDA); bf16 scores are "
                "checked against fp32 on a sample", "fp32|bf16", False),
@@ -346,7 +354,7 @@ class RunSettings:
     backbone: str
     weights: str
     resolution: int
-    batch_size: int
+    batch_size: int | str
     cache: str
     precision: str
     report: Path | None

@@ -66,3 +66,21 @@ def test_cuda_request_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("auto") == torch.device("cpu")
     with pytest.raises(AdrobustError, match="device 'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize(
+    ("free", "per_image", "expected"),
+    [(8_000, 1_000, 4), (1_000, 1_000, 1), (10**12, 1_000, 64), (0, 1_000, 1), (1_000, 0, 64)],
+)
+def test_batch_size_for_memory(free: int, per_image: int, expected: int) -> None:
+    from pytest_adrobust.session import batch_size_for_memory
+
+    assert batch_size_for_memory(free, per_image) == expected
+
+
+def test_auto_batch_size_on_cpu() -> None:
+    from pytest_adrobust.session import choose_batch_size
+    from tests.helpers import tiny_detector
+
+    assert choose_batch_size("auto", tiny_detector()) == 8
+    assert choose_batch_size(3, tiny_detector()) == 3
