@@ -738,8 +738,16 @@ def self_check(
             "does not reproduce the clean metrics; make the detector deterministic (eval mode, no dropout)"
         )
 
+    empty = int(np.sum(prepared.clean_scores == 0.0))
+    if prepared.key.masking and empty:
+        messages.append(
+            f"{name}: {empty} of {len(prepared.clean_scores)} clean images score exactly 0, which is what zero-shot "
+            "masking gives when it keeps no patch; the mask threshold suits pretrained DINOv2 tokens, so pass "
+            "--adrobust-masking=off for other backbones or weights"
+        )
+
     if prepared.zero_gradient:
-        examples = ", ".join(prepared.zero_gradient[:5])
+        examples = ", ".join(prepared.zero_gradient[:5]) + (", ..." if len(prepared.zero_gradient) > 5 else "")
         messages.append(
             f"{name}: the input gradient is zero for {len(prepared.zero_gradient)} images ({examples}); FGSM cannot move "
             "them, so their robustness is not measured"

@@ -135,11 +135,17 @@ def resolve_device(name: str) -> torch.device:
 MVTEC_MASKED_CATEGORIES = frozenset({"capsule", "hazelnut", "pill", "screw", "toothbrush"})
 
 
-def case_preprocessing(split: DatasetSplit, settings: CaseSettings) -> tuple[bool, bool]:
-    """Return whether masking and rotation apply to a dataset, resolving ``auto`` per category."""
+def case_preprocessing(split: DatasetSplit, settings: CaseSettings, random_init: bool = False) -> tuple[bool, bool]:
+    """Return whether masking and rotation apply to a dataset, resolving ``auto`` per category.
+
+    ``auto`` never masks for a random-init backbone: the mask threshold is set for the token
+    magnitudes of pretrained DINOv2, and random tokens fall below it, so every patch would be
+    masked and every score would be 0.
+    """
     kind, _, category = split.name.partition("-")
     benchmark = kind in ("mvtec", "visa")
     masking_default = kind == "visa" or (kind == "mvtec" and category in MVTEC_MASKED_CATEGORIES)
+    masking_default = masking_default and not random_init
     masking = settings.masking == "on" or (settings.masking == "auto" and masking_default)
     rotation = settings.rotation == "on" or (settings.rotation == "auto" and benchmark)
     return masking, rotation
@@ -159,7 +165,7 @@ def configure_detector(detector: Detector, masking: bool, rotation: bool) -> Non
         elif requested:
             raise AdrobustError(
                 f"{name} is on for this case but detector {type(detector).__name__} has no {name!r} attribute: "
-                f"set the {name} option to off, or add the attribute to the detector"
+                f"pass --adrobust-{name}=off (or {name}=\"off\" in the marker), or add the attribute to the detector"
             )
 
 
@@ -222,7 +228,8 @@ class AdrobustSession:
         """
         nodeid = item.nodeid
         settings = param.settings
-        masking, rotation = case_preprocessing(self.split(param.dataset), settings)
+        random_init = bool(getattr(detector, "random_init", False))
+        masking, rotation = case_preprocessing(self.split(param.dataset), settings, random_init)
         configure_detector(detector, masking, rotation)
         fingerprint = detector.fingerprint()
         key = CaseKey(

@@ -132,4 +132,4 @@ def render_summary(session: AdrobustSession, width: int, plain: bool) -> str:
 
 def summary_lines(text: str) -> Iterable[str]:
     """Split rendered text into lines for the terminal writer."""
-    return text.rstrip("\n").split("\n")
+    return [line.rstrip() for line in text.rstrip("\n").split("\n")]

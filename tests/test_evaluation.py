@@ -321,3 +321,11 @@ def test_bf16_difference_over_tolerance_warns(parts_split, monkeypatch: pytest.M
     key = CaseKey(parts_split.spec, 2, 0, 4, "score", detector.fingerprint())
     result = evaluate_case(detector, parts_split, key, BUDGETS[:2], batch_size=4)
     assert any("bf16 scores differ from fp32 by up to" in message for message in result.warnings)
+
+
+def test_self_check_flags_all_masked_images(evaluation) -> None:
+    prepared = replace(evaluation.prepared, key=replace(evaluation.prepared.key, masking=True))
+    prepared.clean_scores = prepared.clean_scores.copy()
+    prepared.clean_scores[:3] = 0.0
+    messages = self_check(prepared, evaluation.budgets, None, prepared.clean_scores[:4])
+    assert any("3 of 12 clean images score exactly 0" in message for message in messages)

@@ -399,9 +399,10 @@ def test_mvtec_all_expands_categories(suite: pytest.Pytester, tmp_path: Path) ->
     report_path = tmp_path / "report.json"
     result = run(suite, f"--adrobust-report={report_path}")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*mvtec-bottle 1-shot*rotation*", "*mvtec-capsule 1-shot*masking, rotation*"])
+    result.stdout.fnmatch_lines(["*mvtec-bottle 1-shot*, rotation", "*mvtec-capsule 1-shot*, rotation"])
     cases = {case["dataset"]: case for case in json.loads(report_path.read_text())["cases"]}
-    assert cases["mvtec-capsule"]["masking"] is True
+    # Capsule is masked under auto, except with random weights, whose tokens miss the mask threshold.
+    assert cases["mvtec-capsule"]["masking"] is False
     assert cases["mvtec-bottle"]["masking"] is False
     assert cases["mvtec-bottle"]["rotation"] is True
     assert cases["mvtec-bottle"]["dataset_layout"] == "mvtec tree"

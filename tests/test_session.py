@@ -84,3 +84,8 @@ def test_auto_batch_size_on_cpu() -> None:
 
     assert choose_batch_size("auto", tiny_detector()) == 8
     assert choose_batch_size(3, tiny_detector()) == 3
+
+
+def test_auto_masking_off_for_random_weights() -> None:
+    assert case_preprocessing(_split("mvtec-capsule"), _settings(), random_init=True) == (False, True)
+    assert case_preprocessing(_split("mvtec-capsule"), _settings("on"), random_init=True) == (True, True)

@@ -66,7 +66,7 @@ def validate_detector(detector: object) -> None:
     if missing:
         raise AdrobustError(
             f"detector {name} lacks {', '.join(missing)}; implement pytest_adrobust.detectors.Detector "
-            "or wrap a backbone with AnomalyDINO.from_module"
+            "or wrap a backbone with pytest_adrobust.detectors.from_token_module"
         )
     for attribute in ("resolution", "patch_size"):
         value = getattr(detector, attribute)
