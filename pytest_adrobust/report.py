@@ -61,6 +61,7 @@ def case_record(evaluation: CaseEvaluation) -> dict[str, Any]:
         images.append(
             {
                 "image_id": record.image_id,
+                "path": str(record.path),
                 "label": int(prepared.labels[index]),
                 "defect": record.defect,
                 "fold": int(prepared.folds[index]),

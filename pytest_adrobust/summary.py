@@ -35,7 +35,10 @@ def header_lines(session: AdrobustSession) -> list[str]:
     """Return the header: backbone, weights source, device, resolution, shots, seed and time."""
     lines = []
     for info in session.detectors.values():
-        lines.append(f"backbone {info.backbone} | weights {info.weights} | device {info.device} | resolution {info.resolution}")
+        # Detectors that differ only in per-case options (masking, rotation) describe alike.
+        line = f"backbone {info.backbone} | weights {info.weights} | device {info.device} | resolution {info.resolution}"
+        if line not in lines:
+            lines.append(line)
     keys = [evaluation.prepared.key for evaluation in session.evaluations.values()]
     shots = sorted({key.shots for key in keys})
     seeds = sorted({key.seed for key in keys})

@@ -150,7 +150,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # safetensors, pickle and zip errors share no base class.
-        raise AdrobustError(f"failed to read weights file {str(path)!r}: {error}") from error
+        raise AdrobustError(
+            f"failed to read weights file {str(path)!r}: {error}. The file may be truncated or in another format; "
+            "download or export it again as .safetensors or a torch.save state dict"
+        ) from error
 
     for key in ("model", "state_dict", "teacher"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
