@@ -2,8 +2,8 @@
 
 The detector is AnomalyDINO on DINOv2 ViT-S/14 at 224 px with 4 reference cells. Without
 pretrained weights on the machine it runs on a seeded random initialisation, and the limits
-below describe that model: it separates defective from functional cells, is reasonably
-calibrated after Platt scaling, loses AUROC under FGSM, and its entropy does not flag attacks.
+below describe that model. It separates defective from functional cells and is reasonably
+calibrated after Platt scaling. It loses AUROC under FGSM, and its entropy does not flag attacks.
 The strict xfails record what the model does not hold, so a change that makes it hold them
 fails the suite until the limits are updated.
 

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, final
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from pytest_adrobust.case import CaseResult
-from pytest_adrobust.data import DatasetSplit, load_dataset, sample_case
+from pytest_adrobust.data import DatasetSplit, load_dataset, parse_dataset_spec, sample_case
 from pytest_adrobust.detectors import Detector
 from pytest_adrobust.errors import AdrobustError, AdrobustWarning
 from pytest_adrobust.cache import ScoreCache
@@ -142,7 +142,9 @@ def case_preprocessing(split: DatasetSplit, settings: CaseSettings, random_init:
     magnitudes of pretrained DINOv2, and random tokens fall below it, so every patch would be
     masked and every score would be 0.
     """
-    kind, _, category = split.name.partition("-")
+    # The spec, not the display name, because names of same-named folders get a suffix.
+    spec = parse_dataset_spec(split.spec)
+    kind, category = spec.kind, spec.category
     benchmark = kind in ("mvtec", "visa")
     masking_default = kind == "visa" or (kind == "mvtec" and category in MVTEC_MASKED_CATEGORIES)
     masking_default = masking_default and not random_init

@@ -211,16 +211,6 @@ def _parse_weights(value: object) -> str:
     return validate_weights(str(value).strip())
 
 
-def _parse_text(name: str) -> Callable[[object], str]:
-    def parse(value: object) -> str:
-        text = str(value).strip()
-        if not text:
-            raise AdrobustError(f"{name} is empty")
-        return text
-
-    return parse
-
-
 def _parse_report(value: object) -> Path | None:
     if value is None or not str(value).strip():
         return None

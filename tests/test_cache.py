@@ -126,3 +126,20 @@ def test_restored_case_scores_new_budget(parts_split, tmp_path) -> None:
     ensure_inputs(detector, warm.prepared)
     scores = attacked_scores(detector, warm.prepared, budget, batch_size=4)
     assert np.allclose(scores, cold.budgets[budget].attacked_scores, atol=1e-6)
+
+
+def test_image_files_hashed_once(parts_split, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_adrobust.evaluation as evaluation_module
+
+    calls = []
+    original = evaluation_module.records_fingerprint
+
+    def counting(records):
+        calls.append(len(records))
+        return original(records)
+
+    monkeypatch.setattr(evaluation_module, "records_fingerprint", counting)
+    detector = tiny_detector()
+    key = CaseKey(parts_split.spec, 2, 0, 6, "score", detector.fingerprint())
+    evaluate_case(detector, parts_split, key, BUDGETS, batch_size=4, cache=ScoreCache(tmp_path))
+    assert len(calls) == 1

@@ -68,7 +68,7 @@ def load_folder(root: Path, spec: str | None = None) -> DatasetSplit:
             f"{str(normal_dir)!r}."
         )
 
-    normal_files = _list_images(normal_dir)
+    normal_files = list_images(normal_dir)
     if len(normal_files) < 2:
         raise AdrobustError(
             f"{str(normal_dir)!r} contains {len(normal_files)} image(s); add at least 2 normal "
@@ -88,7 +88,7 @@ def load_folder(root: Path, spec: str | None = None) -> DatasetSplit:
 
     anomalies: list[ImageRecord] = []
     for defect_dir in defect_dirs:
-        defect_files = _list_images(defect_dir)
+        defect_files = list_images(defect_dir)
         if not defect_files:
             raise AdrobustError(
                 f"defect folder {str(defect_dir)!r} contains no images; add images with the "
@@ -113,7 +113,8 @@ def load_folder(root: Path, spec: str | None = None) -> DatasetSplit:
     )
 
 
-def _list_images(directory: Path) -> list[Path]:
+def list_images(directory: Path) -> list[Path]:
+    """Return the image files directly inside ``directory``, sorted, skipping hidden files."""
     return sorted(
         path
         for path in directory.iterdir()

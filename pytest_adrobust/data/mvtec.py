@@ -30,7 +30,7 @@ from typing import NoReturn
 from PIL import Image, UnidentifiedImageError
 
 from pytest_adrobust.data.base import DatasetSplit, ImageRecord
-from pytest_adrobust.data.folder import IMAGE_EXTENSIONS
+from pytest_adrobust.data.folder import IMAGE_EXTENSIONS, list_images
 from pytest_adrobust.errors import AdrobustError
 
 MVTEC_MASK_SUFFIX = "_mask"
@@ -262,7 +262,7 @@ def read_anomaly_tree(
             f"normal training images in {str(train_dir)!r}."
         )
 
-    train_files = _list_images(train_dir)
+    train_files = list_images(train_dir)
     if not train_files:
         raise AdrobustError(
             f"{str(train_dir)!r} contains no images; add the normal training images, with the "
@@ -299,7 +299,7 @@ def read_anomaly_tree(
         )
 
     train = tuple(_normal_record(category_dir, path) for path in train_files)
-    test_files = _list_images(normal_test_dir)
+    test_files = list_images(normal_test_dir)
     test_normals = tuple(_normal_record(category_dir, path) for path in test_files)
     return train, test_normals + tuple(anomalies)
 
@@ -363,7 +363,7 @@ def _reject_masks_without_test_folder(truth_dir: Path, defects: set[str]) -> Non
 def _read_defect_folder(
     category_dir: Path, defect_dir: Path, mask_dir: Path, mask_suffix: str
 ) -> list[ImageRecord]:
-    images = _list_images(defect_dir)
+    images = list_images(defect_dir)
     if not images:
         raise AdrobustError(
             f"defect folder {str(defect_dir)!r} contains no images; add images with the "
@@ -425,16 +425,6 @@ def _list_folders(directory: Path, exclude: str | None = None) -> list[Path]:
         child
         for child in directory.iterdir()
         if child.is_dir() and child.name != exclude and not child.name.startswith(".")
-    )
-
-
-def _list_images(directory: Path) -> list[Path]:
-    return sorted(
-        path
-        for path in directory.iterdir()
-        if path.suffix.lower() in IMAGE_EXTENSIONS
-        and not path.name.startswith(".")
-        and path.is_file()
     )
 
 

@@ -52,9 +52,9 @@ def validate_detector(detector: object) -> None:
     Raises
     ------
     AdrobustError
-        When a method or attribute is missing, the resolution or patch size is not a positive
-        integer, or a torch module inside the detector is in train mode (dropout and batch-norm
-        updates would make clean and attacked passes see different networks).
+        When a method or attribute is missing, or the resolution or patch size is not a positive
+        integer. Also when a torch module inside the detector is in train mode, because dropout
+        and batch-norm updates would make clean and attacked passes see different networks.
     """
     from torch import nn
 
