@@ -31,6 +31,7 @@ __all__ = [
     "ReliabilityBins",
     "brier_score",
     "expected_calibration_error",
+    "expected_calibration_error_floor",
     "minmax_scale",
     "negative_log_likelihood",
     "reliability_bins",
@@ -371,6 +372,97 @@ def expected_calibration_error(
     weights = bins.counts[filled] / np.sum(bins.counts)
     gaps = np.abs(bins.fraction_positive[filled] - bins.mean_probability[filled])
     return float(np.sum(weights * gaps))
+
+
+def _poisson_binomial_pmf(probabilities: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Compute the distribution of the number of successes in independent Bernoulli trials.
+
+    The dynamic programme adds one trial at a time, so after trial i, ``pmf[k]`` is the
+    probability of k successes among the first i trials. It takes O(m^2) time and O(m) memory.
+    Every update is a convex combination of non-negative numbers, so no cancellation occurs.
+
+    Parameters
+    ----------
+    probabilities : numpy.ndarray of float64, shape (m,)
+        Success probability of each trial, in [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (m + 1,)
+        ``pmf[k]`` is the probability of exactly k successes, for k = 0, ..., m.
+    """
+    pmf = np.zeros(probabilities.size + 1, dtype=np.float64)
+    pmf[0] = 1.0
+
+    for trial, probability in enumerate(probabilities):
+        # Only pmf[: trial + 1] can be non-zero before this trial, so the slices grow by one.
+        success = pmf[: trial + 1] * probability
+        pmf[: trial + 1] *= 1.0 - probability
+        pmf[1 : trial + 2] += success
+
+    return pmf
+
+
+def expected_calibration_error_floor(probs: npt.ArrayLike, n_bins: int = 15) -> float:
+    """Compute the expected ECE of a perfectly calibrated model with the given probabilities.
+
+    ECE measured on a finite test set is usually positive even when the model is perfectly
+    calibrated, because the labels in each bin are random. This function returns that
+    sampling-noise level, the mean of :func:`expected_calibration_error` over labels drawn as
+    independent ``Bernoulli(p_i)``, with the same equal-width bins and the same l1
+    positive-class ECE.
+    A measured ECE close to this value is consistent with sampling noise alone. The value is an
+    expectation, not a lower bound, so a single measured ECE can fall below it.
+
+    The bins depend on the probabilities alone, so with ``S_b`` the number of anomalous images
+    in bin b and ``P_b`` the sum of the probabilities in bin b,
+
+    ``E[ECE] = (1 / N) * sum over bins b of E|S_b - P_b|``.
+
+    ``S_b`` follows the Poisson-binomial distribution of the bin's probabilities, and
+    ``E|S_b - P_b| = sum over k of Pr(S_b = k) * |k - P_b|`` is computed exactly from that
+    distribution, without sampling. Time is O(sum of m_b^2) and memory O(max m_b) for bins of
+    m_b images.
+
+    Parameters
+    ----------
+    probs : array-like of float, shape (n,)
+        Probabilities of being anomalous, in [0, 1].
+    n_bins : int, default 15
+        Number of equal-width bins on [0, 1], as in :func:`expected_calibration_error`.
+
+    Returns
+    -------
+    float
+        Expected ECE in [0, 1] under the assumption that the labels are independent given the
+        probabilities and that each label is 1 with its image's probability.
+
+    Raises
+    ------
+    AdrobustError
+        If ``probs`` is not a non-empty 1-D array of finite numbers in [0, 1], or ``n_bins`` is
+        not a positive integer.
+    """
+    probability_array = _as_probabilities("probs", probs)
+    bin_count = _as_n_bins(n_bins)
+
+    # These edges and this search must stay identical to reliability_bins, because the floor is
+    # only the expectation of expected_calibration_error when both assign images to the same bins.
+    edges = np.linspace(0.0, 1.0, bin_count + 1)
+    bin_index = np.searchsorted(edges[1:-1], probability_array)
+
+    total_absolute_gap = 0.0
+    for bin_number in range(bin_count):
+        bin_probabilities = probability_array[bin_index == bin_number]
+        if bin_probabilities.size == 0:
+            continue
+
+        pmf = _poisson_binomial_pmf(bin_probabilities)
+        successes = np.arange(bin_probabilities.size + 1, dtype=np.float64)
+        expected_successes = float(np.sum(bin_probabilities))
+        total_absolute_gap += float(np.sum(pmf * np.abs(successes - expected_successes)))
+
+    return total_absolute_gap / probability_array.size
 
 
 def negative_log_likelihood(labels: npt.ArrayLike, probs: npt.ArrayLike) -> float:
