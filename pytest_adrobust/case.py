@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import final
 
+from pytest_adrobust.errors import AdrobustError
 from pytest_adrobust.evaluation import BudgetMetrics, CaseEvaluation
 from pytest_adrobust.settings import Budget, Thresholds
 
@@ -50,31 +51,65 @@ class CaseResult:
         """Return the self-check findings of this case's dataset and shot count."""
         return list(self.evaluation.warnings)
 
+    def interval(self, metric: str) -> tuple[float, float] | None:
+        """Return the bootstrap confidence interval of ``metric``, or ``None`` without a bootstrap."""
+        return self.metrics.intervals.get(metric)
+
+    def _interval_text(self, metric: str) -> str:
+        bounds = self.interval(metric)
+        plan = self.evaluation.bootstrap
+        if bounds is None or plan is None:
+            return ""
+        return f", drop {plan.confidence:.0%} CI [{bounds[0]:.4f}, {bounds[1]:.4f}]" if metric == "auroc_drop" else (
+            f", {plan.confidence:.0%} CI [{bounds[0]:.4f}, {bounds[1]:.4f}]"
+        )
+
+    def _crosses(self, metric: str, limit: float, upper: bool) -> bool:
+        """Decide whether ``metric`` crosses ``limit`` under the gate: an upper or a lower limit."""
+        value = getattr(self.metrics, metric)
+        if self.thresholds.gate == "interval":
+            bounds = self.interval(metric)
+            if bounds is None:
+                raise AdrobustError(
+                    f"gate 'interval' on {self.label} has no confidence interval for {metric}: set "
+                    "--adrobust-bootstrap to a number of resamples such as 1000, or use gate 'point'"
+                )
+            # The whole interval must lie beyond the limit, so a model sitting at its limit passes.
+            return bounds[0] > limit if upper else bounds[1] < limit
+        return value > limit if upper else value < limit
+
     def violations(self) -> list[str]:
         """Return one message per crossed threshold; empty when every configured limit holds.
 
-        ``min_entropy_gap`` applies to nonzero budgets only, because at eps 0 the attacked inputs
-        are the clean inputs and the gap is 0 by construction.
+        With the ``point`` gate a limit is crossed by the measured value. With the ``interval``
+        gate it is crossed only when the whole bootstrap confidence interval lies beyond it: the
+        lower bound above a maximum, or the upper bound below a minimum. ``min_entropy_gap``
+        applies to nonzero budgets only, because at eps 0 the attacked inputs are the clean inputs
+        and the gap is 0 by construction.
         """
         limits = self.thresholds
+        gate = "; gate interval: the whole interval lies beyond the limit" if limits.gate == "interval" else ""
         messages = []
-        if limits.max_auroc_drop is not None and self.metrics.auroc_drop > limits.max_auroc_drop:
+        if limits.max_auroc_drop is not None and self._crosses("auroc_drop", limits.max_auroc_drop, upper=True):
             messages.append(
-                f"AUROC drop {self.metrics.auroc_drop:.4f} exceeds max_auroc_drop {limits.max_auroc_drop:g} "
-                f"(clean AUROC {self.clean_auroc:.4f}, attacked {self.metrics.auroc:.4f}) on {self.label}"
+                f"AUROC drop {self.metrics.auroc_drop:.4f} exceeds max_auroc_drop {limits.max_auroc_drop:g} on "
+                f"{self.label} (clean AUROC {self.clean_auroc:.4f}, attacked {self.metrics.auroc:.4f}"
+                f"{self._interval_text('auroc_drop')}{gate})"
             )
-        if limits.max_ece is not None and self.metrics.ece > limits.max_ece:
+        if limits.max_ece is not None and self._crosses("ece", limits.max_ece, upper=True):
             messages.append(
-                f"calibrated ECE {self.metrics.ece:.4f} exceeds max_ece {limits.max_ece:g} on {self.label}"
+                f"calibrated ECE {self.metrics.ece:.4f} exceeds max_ece {limits.max_ece:g} on {self.label} "
+                f"(noise floor {self.metrics.ece_floor:.4f}{self._interval_text('ece')}{gate})"
             )
         if (
             limits.min_entropy_gap is not None
             and self.eps.value > 0
-            and self.metrics.entropy_gap < limits.min_entropy_gap
+            and self._crosses("entropy_gap", limits.min_entropy_gap, upper=False)
         ):
+            details = f"{self._interval_text('entropy_gap')}{gate}".lstrip(", ").lstrip("; ")
             messages.append(
                 f"entropy gap {self.metrics.entropy_gap:.4f} bits is below min_entropy_gap {limits.min_entropy_gap:g} "
-                f"on {self.label}"
+                f"on {self.label}" + (f" ({details})" if details else "")
             )
         return messages
 
@@ -90,8 +125,6 @@ class CaseResult:
         """
         __tracebackhide__ = True  # The failure belongs to the test that called check().
         if not self.thresholds.configured():
-            from pytest_adrobust.errors import AdrobustError
-
             raise AdrobustError(
                 f"check() on {self.label} has no threshold to assert: set max_auroc_drop, max_ece or "
                 "min_entropy_gap in the adrobust marker, on the command line or in the ini file"

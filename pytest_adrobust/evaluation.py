@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, final
 
@@ -44,6 +44,7 @@ from pytest_adrobust.metrics import (
     brier_score,
     entropy_auroc,
     expected_calibration_error,
+    expected_calibration_error_floor,
     f1_at_threshold,
     f1_max,
     fit_f1_threshold,
@@ -53,6 +54,7 @@ from pytest_adrobust.metrics import (
     minmax_scale,
     negative_log_likelihood,
 )
+from pytest_adrobust.metrics.bootstrap import bootstrap_replicates, metric_intervals, stratified_resamples
 from pytest_adrobust.progress import ProgressReporter, SilentProgress
 from pytest_adrobust.settings import Budget
 
@@ -137,6 +139,10 @@ class BudgetMetrics:
     gmean: float
     ece_raw: float
     ece: float
+    ece_raw_floor: float
+    """Expected ``ece_raw`` of a perfectly calibrated model with the same probabilities."""
+    ece_floor: float
+    """Expected ``ece`` of a perfectly calibrated model with the same probabilities: the noise floor."""
     nll_raw: float
     nll: float
     brier_raw: float
@@ -149,11 +155,30 @@ class BudgetMetrics:
     flag_rate: float
     attacked_scores: np.ndarray = field(repr=False, compare=False)
     attacked_probabilities: np.ndarray = field(repr=False, compare=False)
+    intervals: Mapping[str, tuple[float, float]] = field(default_factory=dict, repr=False, compare=False)
+    """Bootstrap percentile interval per metric; empty when the bootstrap is off."""
 
     def scalars(self) -> dict[str, float]:
         """Return the metrics as a name-to-float mapping, without the per-image arrays."""
-        skip = {"eps", "attacked_scores", "attacked_probabilities"}
+        skip = {"eps", "attacked_scores", "attacked_probabilities", "intervals"}
         return {name: float(value) for name, value in vars(self).items() if name not in skip}
+
+
+@final
+@dataclass(frozen=True)
+class BootstrapPlan:
+    """The resamples shared by every budget of a case, and the interval coverage."""
+
+    resamples: np.ndarray = field(repr=False)
+    """``(n_resamples, n)`` test-image positions from :func:`stratified_resamples`."""
+    confidence: float
+
+    @classmethod
+    def for_case(cls, prepared: PreparedCase, n_resamples: int, confidence: float) -> BootstrapPlan | None:
+        """Return the plan of a case, seeded with the case's seed, or ``None`` for 0 resamples."""
+        if n_resamples == 0:
+            return None
+        return cls(stratified_resamples(prepared.labels, n_resamples, prepared.key.seed), confidence)
 
 
 @final
@@ -165,6 +190,7 @@ class CaseEvaluation:
     budgets: dict[Budget, BudgetMetrics]
     noise_control: dict[str, float] | None
     warnings: list[str]
+    bootstrap: BootstrapPlan | None = None
 
 
 def _draw(split: DatasetSplit, key: CaseKey) -> tuple[list[ImageRecord], list[ImageRecord]]:
@@ -407,7 +433,12 @@ def _apply_platt(platt: Sequence[PlattScaler], folds: np.ndarray, scores: np.nda
     return probabilities
 
 
-def budget_metrics(prepared: PreparedCase, eps: Budget, attacked_scores: np.ndarray) -> BudgetMetrics:
+def budget_metrics(
+    prepared: PreparedCase,
+    eps: Budget,
+    attacked_scores: np.ndarray,
+    bootstrap: BootstrapPlan | None = None,
+) -> BudgetMetrics:
     """Compute every metric of one budget from the clean pass and the attacked scores.
 
     Parameters
@@ -418,6 +449,8 @@ def budget_metrics(prepared: PreparedCase, eps: Budget, attacked_scores: np.ndar
         The budget the scores were attacked with; eps 0 passes the clean scores.
     attacked_scores : np.ndarray
         ``(N,)`` scores of the attacked test images, in the order of ``prepared.test``.
+    bootstrap : BootstrapPlan, optional
+        Resamples for the confidence intervals; without it ``intervals`` stays empty.
 
     Returns
     -------
@@ -439,6 +472,22 @@ def budget_metrics(prepared: PreparedCase, eps: Budget, attacked_scores: np.ndar
     attacked_entropy = binary_entropy(calibrated)
     rate, _ = flag_rate(clean_entropy, attacked_entropy, 0.95)
 
+    intervals: dict[str, tuple[float, float]] = {}
+    if bootstrap is not None:
+        replicates = bootstrap_replicates(
+            bootstrap.resamples,
+            labels=labels,
+            clean_scores=prepared.clean_scores,
+            attacked_scores=attacked_scores,
+            predicted_anomalous=shifted >= 0.0,
+            raw_probabilities=raw,
+            probabilities=calibrated,
+            clean_entropy=clean_entropy,
+            attacked_entropy=attacked_entropy,
+            n_bins=ECE_BINS,
+        )
+        intervals = metric_intervals(replicates, bootstrap.confidence)
+
     return BudgetMetrics(
         eps=eps,
         auroc=attacked_auroc,
@@ -449,6 +498,8 @@ def budget_metrics(prepared: PreparedCase, eps: Budget, attacked_scores: np.ndar
         gmean=gmean,
         ece_raw=expected_calibration_error(labels, raw, n_bins=ECE_BINS),
         ece=expected_calibration_error(labels, calibrated, n_bins=ECE_BINS),
+        ece_raw_floor=expected_calibration_error_floor(raw, n_bins=ECE_BINS),
+        ece_floor=expected_calibration_error_floor(calibrated, n_bins=ECE_BINS),
         nll_raw=negative_log_likelihood(labels, raw),
         nll=negative_log_likelihood(labels, calibrated),
         brier_raw=brier_score(labels, raw),
@@ -461,6 +512,7 @@ def budget_metrics(prepared: PreparedCase, eps: Budget, attacked_scores: np.ndar
         flag_rate=rate,
         attacked_scores=attacked_scores,
         attacked_probabilities=calibrated,
+        intervals=intervals,
     )
 
 
@@ -627,11 +679,15 @@ def evaluate_case(
     batch_size: int = 8,
     progress: ProgressReporter | None = None,
     cache: ScoreCache | None = None,
+    n_resamples: int = 0,
+    confidence: float = 0.95,
 ) -> CaseEvaluation:
     """Run the whole protocol for one case and every budget in ``budgets``, with the self-checks.
 
     With a ``cache``, a case whose scores are all stored under the same key is rebuilt from them
     without any model pass. Metrics and self-checks are then recomputed from the stored scores.
+    ``n_resamples`` bootstrap resamples (0 for none), seeded with the case's seed, give every
+    metric a percentile interval of coverage ``confidence``.
     """
     validate_detector(detector)
     progress = progress or SilentProgress()
@@ -647,16 +703,22 @@ def evaluate_case(
     needed = [_entry_name(eps) for eps in nonzero] + (["noise_scores", f"noise_eps_{largest.value!r}"] if largest else [])
     if entry is not None and all(name in entry for name in needed):
         prepared = _restore_case(split, key, draw, entry, files)
-        results = {eps: budget_metrics(prepared, eps, entry.get(_entry_name(eps), prepared.clean_scores)) for eps in budgets}
+        plan = BootstrapPlan.for_case(prepared, n_resamples, confidence)
+        results = {
+            eps: budget_metrics(prepared, eps, entry.get(_entry_name(eps), prepared.clean_scores), plan)
+            for eps in budgets
+        }
         noise = noise_control(prepared, results, largest, entry["noise_scores"]) if largest else None
         warnings = self_check(prepared, results, noise, entry["rescored"])
-        return CaseEvaluation(prepared, results, noise, warnings)
+        return CaseEvaluation(prepared, results, noise, warnings, plan)
 
     prepared = prepare_case(detector, split, key, batch_size, progress, draw, files)
+    plan = BootstrapPlan.for_case(prepared, n_resamples, confidence)
     results = {}
     started = time.perf_counter()
     for eps in budgets:
-        results[eps] = budget_metrics(prepared, eps, attacked_scores(detector, prepared, eps, batch_size, progress))
+        scores = attacked_scores(detector, prepared, eps, batch_size, progress)
+        results[eps] = budget_metrics(prepared, eps, scores, plan)
     prepared.seconds["attacks"] = time.perf_counter() - started
 
     noise = None
@@ -685,7 +747,7 @@ def evaluate_case(
             arrays[f"noise_eps_{largest.value!r}"] = np.array(largest.value)
         cache.save(entry_key, arrays)
         prepared.cache = "stored"
-    return CaseEvaluation(prepared, results, noise, warnings)
+    return CaseEvaluation(prepared, results, noise, warnings, plan)
 
 
 def _restore_case(

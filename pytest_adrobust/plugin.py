@@ -7,15 +7,17 @@ run's state; option parsing lives in :mod:`pytest_adrobust.settings`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import time
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from pytest_adrobust.baseline import baseline_path, compare_item, item_fingerprint, load_baseline
 from pytest_adrobust.cache import ScoreCache
 from pytest_adrobust.case import CaseResult
 from pytest_adrobust.data import expand_dataset_spec
@@ -23,7 +25,8 @@ from pytest_adrobust.detectors import AnomalyDINO, Detector
 from pytest_adrobust.detectors.base import validate_detector
 from pytest_adrobust.errors import AdrobustError, AdrobustUsageError
 from pytest_adrobust.progress import RichProgress, SilentProgress
-from pytest_adrobust.report import build_report, write_json_atomic
+from pytest_adrobust.outputs import OutputLog, write_outputs
+from pytest_adrobust.report import build_report, case_header, detector_record, merge_reports
 from pytest_adrobust.session import AdrobustSession, CaseParam, resolve_device
 from pytest_adrobust.settings import (
     OPTIONS,
@@ -35,8 +38,11 @@ from pytest_adrobust.settings import (
     run_settings,
 )
 from pytest_adrobust.summary import render_summary, summary_lines
+from pytest_adrobust.xdist import make_group_scheduler
 
 SESSION_PLUGIN_NAME = "adrobust-session"
+WORKER_OUTPUT_KEY = "adrobust_report"
+"""Key of a pytest-xdist worker's report (JSON text) in its ``workeroutput``."""
 MARKER_HELP = (
     "adrobust(datasets=..., eps=..., shots=..., attack=..., seed=..., max_images=..., max_auroc_drop=..., "
     "max_ece=..., min_entropy_gap=...): settings and thresholds for the adrobust_case items of this test"
@@ -52,14 +58,23 @@ def _default_text(value: object) -> str:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("adrobust", "adversarial robustness and calibration of anomaly detectors")
     for option in OPTIONS:
-        group.addoption(
-            option.flag,
-            dest=f"adrobust_{option.name}",
-            default=None,
-            metavar=option.metavar,
-            help=f"{option.help} (default: {_default_text(option.default)})",
-        )
-        parser.addini(option.ini, f"{option.help} (default: {_default_text(option.default)})", default="")
+        help_text = f"{option.help} (default: {_default_text(option.default)})"
+        if option.form == "flag":
+            group.addoption(option.flag, dest=f"adrobust_{option.name}", action="store_const", const="true", help=help_text)
+        elif option.form == "optional":
+            group.addoption(
+                option.flag,
+                dest=f"adrobust_{option.name}",
+                nargs="?",
+                const=option.const,
+                default=None,
+                metavar=option.metavar,
+                help=help_text,
+            )
+        else:
+            group.addoption(option.flag, dest=f"adrobust_{option.name}", default=None, metavar=option.metavar, help=help_text)
+        if option.has_ini:
+            parser.addini(option.ini, help_text, default="")
 
 
 def _configured_values(config: pytest.Config) -> dict[str, Any]:
@@ -68,7 +83,7 @@ def _configured_values(config: pytest.Config) -> dict[str, Any]:
     # None) still takes precedence over the ini file and the default.
     cli = {option.name: config.getoption(f"adrobust_{option.name}") for option in OPTIONS}
     cli = {name: value for name, value in cli.items() if value is not None}
-    ini = {option.name: config.getini(option.ini) for option in OPTIONS}
+    ini = {option.name: config.getini(option.ini) for option in OPTIONS if option.has_ini}
     ini = {name: value for name, value in ini.items() if value}
     if "datasets" in cli:
         cli["datasets"] = anchor_dataset_specs(cli["datasets"], config.invocation_params.dir)
@@ -88,8 +103,16 @@ def pytest_configure(config: pytest.Config) -> None:
         resolve_device(values["device"])
     except AdrobustError as error:
         raise AdrobustUsageError(f"--adrobust-device: {error}") from None
-    session = AdrobustSession(run_settings(values), values)
-    config.pluginmanager.register(AdrobustPlugin(config, session), SESSION_PLUGIN_NAME)
+    run = run_settings(values)
+    if not run.baseline_dir.is_absolute():
+        run = dataclasses.replace(run, baseline_dir=config.rootpath / run.baseline_dir)
+    session = AdrobustSession(run, values)
+    plugin = AdrobustPlugin(config, session)
+    try:
+        plugin.check_outputs()
+    except AdrobustError as error:
+        raise AdrobustUsageError(str(error)) from None
+    config.pluginmanager.register(plugin, SESSION_PLUGIN_NAME)
 
 
 def _session(config: pytest.Config) -> AdrobustSession:
@@ -104,6 +127,46 @@ class AdrobustPlugin:
     def __init__(self, config: pytest.Config, session: AdrobustSession) -> None:
         self.config = config
         self.session = session
+        self.baseline: dict[str, Any] | None = None
+        self.worker_reports: list[dict[str, Any]] = []
+        self.outputs = OutputLog()
+        self.report_data: dict[str, Any] | None = None
+
+    def check_outputs(self) -> None:
+        """Check the baseline, comparison and plot options before any test runs.
+
+        Raises
+        ------
+        AdrobustError
+            When a comparison has no baseline to compare with, the baseline is unreadable or
+            foreign, a baseline would be overwritten without ``--adrobust-overwrite``, or plots
+            are requested without matplotlib.
+        """
+        run = self.session.run
+        if run.compare_fail and run.compare is None:
+            raise AdrobustError(
+                "--adrobust-compare-fail needs a baseline to compare with: add --adrobust-compare NAME"
+            )
+        if run.compare is not None:
+            self.baseline = load_baseline(baseline_path(run.baseline_dir, run.compare))
+        # Workers neither save baselines nor draw plots: the controller does, once.
+        if self._xdist() == "worker":
+            return
+        if run.save is not None:
+            path = baseline_path(run.baseline_dir, run.save)
+            if path.exists() and not run.overwrite:
+                raise AdrobustError(
+                    f"baseline {run.save!r} exists at {str(path)!r}: pass --adrobust-overwrite to replace it, or "
+                    "save under another name"
+                )
+            if run.baseline_dir.exists() and not run.baseline_dir.is_dir():
+                raise AdrobustError(f"--adrobust-baseline-dir {str(run.baseline_dir)!r} is a file: give a directory")
+        if run.plots is not None:
+            from pytest_adrobust.plots import require_matplotlib
+
+            if run.plots.exists() and not run.plots.is_dir():
+                raise AdrobustError(f"--adrobust-plots {str(run.plots)!r} is a file: give a directory")
+            require_matplotlib()
 
     def _progress(self) -> None:
         capture = self.config.pluginmanager.get_plugin("capturemanager")
@@ -167,8 +230,50 @@ class AdrobustPlugin:
             self.session.plan(param)
         metafunc.parametrize("adrobust_case", params, ids=[self.session.case_id(p) for p in params], indirect=True)
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        # One worker per case: pytest-xdist's loadgroup sends items of one group to one worker,
+        # so the clean pass of a dataset and shot count is not computed on two workers.
+        for item in items:
+            callspec = getattr(item, "callspec", None)
+            param = callspec.params.get("adrobust_case") if callspec is not None else None
+            if isinstance(param, CaseParam):
+                item.add_marker(pytest.mark.xdist_group(self.session.group_name(param)))
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.session.record_outcome(report)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        try:
+            result = yield
+        except BaseException:
+            # A failed test still gets its comparison in the summary, but no second failure.
+            self._compare(item)
+            raise
+        failure = self._compare(item)
+        if failure:
+            pytest.fail(failure, pytrace=False)
+        return result
+
+    def _compare(self, item: pytest.Item) -> str | None:
+        """Compare an item with the baseline; return the failure message when it must fail."""
+        record = self.session.items.get(item.nodeid)
+        if record is None or self.baseline is None:
+            return None
+        evaluation = self.session.evaluations.get(record.key)
+        if evaluation is None or record.eps not in evaluation.budgets:
+            return None
+        run = self.session.run
+        detector = detector_record(self.session.detectors[record.key.detector], None)
+        fingerprint = item_fingerprint(case_header(evaluation), detector, str(record.eps))
+        metrics = evaluation.budgets[record.eps].scalars()
+        entry = self.baseline["items"].get(record.nodeid)
+        comparison = compare_item(entry, fingerprint, metrics, run.compare_fail, run.compare or "")
+        record.comparison = comparison
+        if comparison["status"] == "refused" or comparison["status"] == "regressed":
+            return comparison["message"]
+        return None
 
     def _xdist(self) -> str | None:
         """Return ``worker`` or ``controller`` under pytest-xdist, else ``None``."""
@@ -178,29 +283,60 @@ class AdrobustPlugin:
             return "controller"
         return None
 
+    @pytest.hookimpl(optionalhook=True, tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        return make_group_scheduler(config, log)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        # Each pytest-xdist worker sends its report when it finishes; the controller merges them.
+        output = getattr(node, "workeroutput", None) or {}
+        text = output.get(WORKER_OUTPUT_KEY)
+        if text:
+            self.worker_reports.append(json.loads(text))
+
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        # NOTE: results are not yet sent from xdist workers to the controller, so a worker writes
-        # no report rather than several workers overwriting one file with partial results.
-        if self._xdist() == "worker":
+        role = self._xdist()
+        if role == "worker":
+            if self.session.evaluations or self.session.items:
+                data = build_report(self.session, time.time() - self.session.started)
+                self.config.workeroutput[WORKER_OUTPUT_KEY] = json.dumps(data)  # type: ignore[attr-defined]
             return
-        path = self.session.run.report
-        if path is None or not self.session.evaluations:
-            return
-        data = build_report(self.session, time.time() - self.session.started)
-        self.session.report_replaced = write_json_atomic(path, data)
-        self.session.report_written = path
+        if role == "controller":
+            if not self.worker_reports:
+                return
+            try:
+                self.report_data = merge_reports(self.worker_reports, [f"worker {index}" for index in range(len(self.worker_reports))])
+            except AdrobustError as error:
+                self.outputs.errors.append(f"the pytest-xdist workers' results could not be merged: {error}")
+                return
+            self.report_data["duration_seconds"] = round(time.time() - self.session.started, 3)
+            self.outputs.notes.append(f"pytest-xdist: results of {len(self.worker_reports)} workers merged")
+            if self.config.getvalue("dist") != "loadgroup":
+                self.outputs.notes.append(
+                    "pytest-xdist: add --dist loadgroup so that each case runs on one worker; other modes may "
+                    "compute a case's clean pass on several workers"
+                )
+        else:
+            if not self.session.evaluations:
+                return
+            self.report_data = build_report(self.session, time.time() - self.session.started)
+        write_outputs(self.report_data, self.session.run, self.outputs)
+        if self.outputs.errors and session.exitstatus == 0:
+            # A requested output that could not be written must not pass unnoticed in CI.
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self._xdist() == "controller":
-            terminalreporter.write_sep("=", "adrobust summary")
-            terminalreporter.write_line(
-                "results stay on the pytest-xdist workers: run without -n for the adrobust summary and report"
-            )
-            return
-        if not self.session.evaluations:
+        if self._xdist() == "worker" or self.report_data is None:
+            if self.outputs.errors:
+                terminalreporter.write_sep("=", "adrobust summary")
+                for line in self.outputs.errors:
+                    terminalreporter.write_line(f"error: {line}", red=True)
             return
         plain = not terminalreporter.isatty() or self.config.getoption("color", "auto") == "no"
-        text = render_summary(self.session, terminalreporter._tw.fullwidth, plain)
+        text = render_summary(self.report_data, terminalreporter._tw.fullwidth, plain, self.outputs)
         terminalreporter.write_sep("=", "adrobust summary")
         for line in summary_lines(text):
             terminalreporter.write_line(line)
@@ -251,10 +387,28 @@ def adrobust_case(request: pytest.FixtureRequest) -> CaseResult:
     try:
         detector = request.getfixturevalue("adrobust_detector")
         validate_detector(detector)
-        return _session(request.config).case_result(detector, param, request.node)
+        session = _session(request.config)
+        result = session.case_result(detector, param, request.node)
+        if session.run.junit_properties:
+            record_metrics(request.node, result)
+        return result
     except AdrobustError as error:
         failure = str(error)
     pytest.fail(failure, pytrace=False)
+
+
+def record_metrics(item: pytest.Item, result: CaseResult) -> None:
+    """Attach an item's metrics and their intervals to its JUnit XML ``<properties>``.
+
+    pytest writes these properties whatever ``junit_family`` is set, but the xunit2 schema has no
+    per-testcase properties, so pytest warns about ``record_property`` under xunit2; set
+    ``junit_family = xunit1`` where a consumer validates against that schema.
+    """
+    item.user_properties.append(("adrobust_case", result.label))
+    for name, value in result.metrics.scalars().items():
+        item.user_properties.append((f"adrobust_{name}", f"{value:.6g}"))
+    for name, (low, high) in sorted(result.metrics.intervals.items()):
+        item.user_properties.append((f"adrobust_{name}_ci", f"{low:.6g} {high:.6g}"))
 
 
 @pytest.fixture(scope="session")

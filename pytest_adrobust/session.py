@@ -60,6 +60,7 @@ class DetectorInfo:
     random_init: bool
     weights_sha256: str | None = None
     weights_path: str | None = None
+    precision: str = "fp32"
 
 
 @final
@@ -71,8 +72,24 @@ class ItemRecord:
     key: CaseKey
     eps: Budget
     thresholds: dict[str, float | None]
+    gate: str = "point"
     outcome: str = "not run"
     message: str = ""
+    comparison: dict[str, Any] | None = None
+    """The comparison with the baseline, when one is compared (see :mod:`pytest_adrobust.baseline`)."""
+
+
+def canonical_nodeid(item: pytest.Item) -> str:
+    """Return the node id of ``item`` without the ``@group`` suffix that pytest-xdist's loadgroup adds.
+
+    Reports and baselines key items by this id, so that serial and distributed runs agree.
+    """
+    groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                     for mark in item.iter_markers("xdist_group")})
+    suffix = "@" + "_".join(groups)
+    if groups and item.nodeid.endswith(suffix):
+        return item.nodeid[: -len(suffix)]
+    return item.nodeid
 
 
 CPU_BATCH_SIZE = 8
@@ -208,6 +225,11 @@ class AdrobustSession:
 
         Raises :class:`AdrobustError` naming the dataset, before any model runs.
         """
+        if settings.thresholds.gate == "interval" and self.run.bootstrap == 0:
+            raise AdrobustError(
+                "gate 'interval' needs bootstrap confidence intervals but bootstrap is 0: set --adrobust-bootstrap "
+                "to a number of resamples such as 1000, or use gate 'point'"
+            )
         for spec in settings.datasets:
             split = self.split(spec)
             for shots in settings.shots:
@@ -217,6 +239,11 @@ class AdrobustSession:
     def plan(self, param: CaseParam) -> None:
         """Record that an item will ask for ``param``, so its case evaluates all budgets in one go."""
         self.planned[param.plan_key()].add(param.eps)
+
+    def group_name(self, param: CaseParam) -> str:
+        """Return the pytest-xdist group of an item: one per dataset, shot count, seed, size and attack."""
+        digest = hashlib.sha256(repr(param.plan_key()).encode()).hexdigest()[:8]
+        return f"adrobust-{self.split(param.dataset).name}-{param.shots}shot-{digest}"
 
     def case_id(self, param: CaseParam) -> str:
         """Return the readable test id, such as ``elpv-mono-4shot-eps4/255``."""
@@ -253,6 +280,7 @@ class AdrobustSession:
                 device=str(detector.device),
                 resolution=int(detector.resolution),
                 random_init=bool(getattr(detector, "random_init", "random-init" in described.get("weights", ""))),
+                precision=str(getattr(detector, "precision", "fp32")),
             )
             weights_info = getattr(detector, "weights_info", None)
             if weights_info is not None:
@@ -277,6 +305,8 @@ class AdrobustSession:
                     self.batch_sizes[fingerprint],
                     self.progress,
                     self.cache,
+                    n_resamples=self.run.bootstrap,
+                    confidence=self.run.confidence,
                 )
             except AdrobustError as error:
                 self.failures[key] = str(error)
@@ -287,10 +317,10 @@ class AdrobustSession:
         elif param.eps not in evaluation.budgets:
             ensure_inputs(detector, evaluation.prepared)
             scores = attacked_scores(detector, evaluation.prepared, param.eps, self.batch_sizes[fingerprint], self.progress)
-            evaluation.budgets[param.eps] = budget_metrics(evaluation.prepared, param.eps, scores)
+            evaluation.budgets[param.eps] = budget_metrics(evaluation.prepared, param.eps, scores, evaluation.bootstrap)
 
         self.items[nodeid] = ItemRecord(
-            nodeid=nodeid,
+            nodeid=canonical_nodeid(item),
             key=key,
             eps=param.eps,
             thresholds={
@@ -298,6 +328,7 @@ class AdrobustSession:
                 "max_ece": settings.thresholds.max_ece,
                 "min_entropy_gap": settings.thresholds.min_entropy_gap,
             },
+            gate=settings.thresholds.gate,
         )
         return CaseResult(
             dataset=evaluation.prepared.dataset_name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -222,6 +222,64 @@ def _parse_report(value: object) -> Path | None:
     return path
 
 
+def _parse_confidence(value: object) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not 0.5 <= number < 1.0:
+        raise AdrobustError(f"invalid confidence {value!r}: use a coverage in [0.5, 1), such as 0.95")
+    return number
+
+
+def _parse_flag(name: str) -> Callable[[object], bool]:
+    def parse(value: object) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise AdrobustError(f"invalid {name} {value!r}: use true or false")
+
+    return parse
+
+
+BASELINE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+DEFAULT_BASELINE: Final = "baseline"
+
+
+def _parse_baseline_name(name: str) -> Callable[[object], str | None]:
+    def parse(value: object) -> str | None:
+        if value is None:
+            return None
+        text = str(value).strip()
+        if text.endswith(".json") or not BASELINE_NAME.fullmatch(text):
+            raise AdrobustError(
+                f"invalid {name} name {value!r}: use letters, digits, '.', '_' or '-' without a .json suffix, "
+                f"such as main; the file is BASELINE_DIR/NAME.json"
+            )
+        return text
+
+    return parse
+
+
+def _parse_compare_fail(value: object) -> tuple[Any, ...]:
+    from pytest_adrobust.baseline import Tolerance, parse_tolerances
+
+    # Resolved settings are parsed again for every test, so parsed tolerances pass through.
+    if isinstance(value, tuple) and all(isinstance(item, Tolerance) for item in value):
+        return value
+    return parse_tolerances(str(value))
+
+
+def _parse_optional_path(value: object) -> Path | None:
+    if value is None or not str(value).strip():
+        return None
+    return Path(str(value).strip()).expanduser()
+
+
 def _parse_batch_size(value: object) -> int | str:
     if isinstance(value, str) and value.strip() == "auto":
         return "auto"
@@ -249,6 +307,11 @@ class OptionSpec:
     help: str
     metavar: str
     per_test: bool
+    form: str = "value"
+    """``value`` (takes a value), ``optional`` (the value may be left out, giving ``const``) or
+    ``flag`` (takes no value on the command line, ``true`` or ``false`` in the ini file)."""
+    const: Any = None
+    has_ini: bool = True
 
     @property
     def flag(self) -> str:
@@ -300,7 +363,36 @@ OPTIONS: Final[tuple[OptionSpec, ...]] = (
                "checked against fp32 on a sample", "fp32|bf16", False),
     OptionSpec("cache", _parse_cache, "auto",
                "score cache: auto (inside pytest's cache directory), off, or a directory", "auto|off|DIR", False),
+    OptionSpec("gate", _parse_choice("gate", ("point", "interval")), "point",
+               "how thresholds fail an item: point (the measured value crosses the limit) or interval (the whole "
+               "bootstrap confidence interval lies beyond the limit)", "point|interval", True),
+    OptionSpec("bootstrap", _parse_int("bootstrap", 0), 1000,
+               "stratified bootstrap resamples for the confidence intervals of every metric, 0 for none", "N", False),
+    OptionSpec("confidence", _parse_confidence, 0.95, "coverage of the bootstrap confidence intervals", "LEVEL", False),
     OptionSpec("report", _parse_report, None, "write a JSON report with every metric and per-image score to PATH", "PATH", False),
+    OptionSpec("save", _parse_baseline_name("save"), None,
+               f"store this run's metrics per test item as baseline NAME (BASELINE_DIR/NAME.json; NAME defaults to "
+               f"{DEFAULT_BASELINE})", "NAME", False, form="optional", const=DEFAULT_BASELINE, has_ini=False),
+    OptionSpec("compare", _parse_baseline_name("compare"), None,
+               f"compare every test item with baseline NAME (NAME defaults to {DEFAULT_BASELINE})", "NAME", False,
+               form="optional", const=DEFAULT_BASELINE, has_ini=False),
+    OptionSpec("compare_fail", _parse_compare_fail, (),
+               "fail items that regressed against the baseline, e.g. 'auroc_drop:+0.02 ece:+0.01 auroc:-2%' "
+               "(+X: may rise by at most X, -X: may fall by at most X, % relative to the baseline value)",
+               "EXPR", False),
+    OptionSpec("baseline_dir", _parse_optional_path, Path(".adrobust"),
+               "directory of the baselines, relative to the rootdir; meant to be committed", "DIR", False),
+    OptionSpec("overwrite", _parse_flag("overwrite"), False,
+               "let --adrobust-save replace an existing baseline of the same name", "", False, form="flag",
+               has_ini=False),
+    OptionSpec("junit_properties", _parse_flag("junit_properties"), False,
+               "attach each item's metrics to the JUnit XML report as properties (record_property)", "", False,
+               form="flag"),
+    OptionSpec("plots", _parse_optional_path, None,
+               "write a reliability diagram, AUROC-versus-eps curves and entropy histograms to DIR (needs matplotlib)",
+               "DIR", False),
+    OptionSpec("plots_format", _parse_choice("plots_format", ("png", "svg")), "png", "image format of the plots",
+               "png|svg", False),
 )
 OPTIONS_BY_NAME: Final = {option.name: option for option in OPTIONS}
 
@@ -313,9 +405,11 @@ class Thresholds:
     max_auroc_drop: float | None = None
     max_ece: float | None = None
     min_entropy_gap: float | None = None
+    gate: str = "point"
+    """``point`` or ``interval``: see :meth:`CaseResult.violations`."""
 
     def configured(self) -> bool:
-        return any(getattr(self, item.name) is not None for item in fields(self))
+        return any(getattr(self, name) is not None for name in ("max_auroc_drop", "max_ece", "min_entropy_gap"))
 
 
 @final
@@ -348,6 +442,16 @@ class RunSettings:
     cache: str
     precision: str
     report: Path | None
+    bootstrap: int = 0
+    confidence: float = 0.95
+    save: str | None = None
+    compare: str | None = None
+    compare_fail: tuple[Any, ...] = ()
+    baseline_dir: Path = Path(".adrobust")
+    overwrite: bool = False
+    junit_properties: bool = False
+    plots: Path | None = None
+    plots_format: str = "png"
 
 
 def resolve(sources: Iterable[Mapping[str, object]], where: Iterable[str]) -> dict[str, Any]:
@@ -378,7 +482,7 @@ def resolve(sources: Iterable[Mapping[str, object]], where: Iterable[str]) -> di
 
 def case_settings(values: Mapping[str, Any]) -> CaseSettings:
     """Build :class:`CaseSettings` from resolved values."""
-    thresholds = Thresholds(values["max_auroc_drop"], values["max_ece"], values["min_entropy_gap"])
+    thresholds = Thresholds(values["max_auroc_drop"], values["max_ece"], values["min_entropy_gap"], values["gate"])
     return CaseSettings(
         datasets=values["datasets"],
         eps=values["eps"],
@@ -404,6 +508,16 @@ def run_settings(values: Mapping[str, Any]) -> RunSettings:
         cache=values["cache"],
         precision=values["precision"],
         report=values["report"],
+        bootstrap=values["bootstrap"],
+        confidence=values["confidence"],
+        save=values["save"],
+        compare=values["compare"],
+        compare_fail=values["compare_fail"],
+        baseline_dir=values["baseline_dir"],
+        overwrite=values["overwrite"],
+        junit_properties=values["junit_properties"],
+        plots=values["plots"],
+        plots_format=values["plots_format"],
     )
 
 
