@@ -41,7 +41,8 @@ FINGERPRINT_FIELDS: Final = (
     ("resolution", "resolution"),
     ("precision", "precision"),
     ("dataset", "dataset"),
-    ("files_sha256", "dataset files (an image was added, removed or changed)"),
+    # The hash covers the images this seed, shots and max_images select, not the whole folder.
+    ("files_sha256", "selected image files (the files changed, or the seed, shots or max_images drew others)"),
     ("shots", "shots"),
     ("seed", "seed"),
     ("max_images", "max_images"),
@@ -208,7 +209,7 @@ def load_baseline(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise AdrobustError(
             f"baseline {str(path)!r} is not readable JSON ({error}): restore it from version control or save it "
-            "again with --adrobust-save NAME --adrobust-overwrite"
+            f"again with --adrobust-save {path.stem} --adrobust-overwrite"
         ) from None
     if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
         raise AdrobustError(
@@ -228,12 +229,27 @@ def load_baseline(path: Path) -> dict[str, Any]:
             f"or save it again with --adrobust-save {path.stem} --adrobust-overwrite"
         )
     for nodeid, entry in items.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("fingerprint"), dict) and isinstance(entry.get("metrics"), dict)):
+        problem = _entry_problem(entry)
+        if problem is not None:
             raise AdrobustError(
-                f"baseline {str(path)!r}: item {nodeid!r} lacks its fingerprint or metrics, so the file is damaged: "
-                f"restore it from version control or save it again with --adrobust-save {path.stem} --adrobust-overwrite"
+                f"baseline {str(path)!r}: item {nodeid!r} {problem}, so the file is damaged: restore it from "
+                f"version control or save it again with --adrobust-save {path.stem} --adrobust-overwrite"
             )
     return data
+
+
+def _entry_problem(entry: Any) -> str | None:
+    """Say what makes one baseline entry unusable, or return ``None`` when it is whole."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("fingerprint"), dict) and isinstance(entry.get("metrics"), dict)):
+        return "lacks its fingerprint or metrics"
+    missing = [key for key, _ in FINGERPRINT_FIELDS if key not in entry["fingerprint"]]
+    if missing:
+        return f"lacks the fingerprint fields {', '.join(missing)}"
+    for metric, value in entry["metrics"].items():
+        # Metrics are numbers, or null where a metric is undefined; anything else was edited in.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"has metric {metric} = {value!r}, which is not a number"
+    return None
 
 
 def fingerprint_differences(baseline: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

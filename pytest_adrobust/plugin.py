@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -96,8 +98,44 @@ def _configured_values(config: pytest.Config) -> dict[str, Any]:
         raise AdrobustUsageError(str(error)) from None
 
 
+OPTIONAL_VALUE_FLAGS = frozenset(option.flag for option in OPTIONS if option.form == "optional")
+"""Options whose value may be left out, so that a test path after them is taken for the value."""
+
+
+def check_separated_values(args: list[str], invocation_dir: Path) -> None:
+    """Reject ``--adrobust-OPTION VALUE`` where VALUE names an existing path.
+
+    pytest chooses its rootdir and ini file before it loads plugins, so at that point it does not
+    know this plugin's options and takes such a VALUE for a test path. A run would then silently
+    use another configuration file, or an optional NAME would swallow a test path.
+
+    Raises
+    ------
+    AdrobustError
+        Naming the option, the value and the ``=`` form that avoids the problem.
+    """
+    value_flags = {option.flag for option in OPTIONS if option.form != "flag"}
+    for flag, value in zip(args, args[1:]):
+        if flag not in value_flags or value.startswith("-"):
+            continue
+        if value == "" or (invocation_dir / value).exists():
+            raise AdrobustError(
+                f"{flag} {value!r}: pytest picks its rootdir and ini file before plugins load and takes an "
+                f"existing path after a space for a test path, so this run would read another configuration. "
+                f"Write {flag}={value}" + (
+                    f", or put the test path before {flag}" if flag in OPTIONAL_VALUE_FLAGS else ""
+                )
+            )
+
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", MARKER_HELP)
+    args = [str(arg) for arg in config.invocation_params.args]
+    try:
+        check_separated_values(shlex.split(os.environ.get("PYTEST_ADDOPTS", "")) + args, config.invocation_params.dir)
+    except AdrobustError as error:
+        raise AdrobustUsageError(str(error)) from None
     values = _configured_values(config)
     try:
         resolve_device(values["device"])
@@ -234,6 +272,8 @@ class AdrobustPlugin:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         # One worker per case: pytest-xdist's loadgroup sends items of one group to one worker,
         # so the clean pass of a dataset and shot count is not computed on two workers.
+        if not self.config.pluginmanager.hasplugin("xdist"):
+            return
         for item in items:
             callspec = getattr(item, "callspec", None)
             param = callspec.params.get("adrobust_case") if callspec is not None else None
@@ -255,6 +295,20 @@ class AdrobustPlugin:
         if failure:
             pytest.fail(failure, pytrace=False)
         return result
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+        report: pytest.TestReport = yield
+        # xfail excuses an item's own limits, which it is expected to cross, but not a change
+        # against the baseline: a regressed or refused comparison fails the item all the same.
+        if report.when == "call" and hasattr(report, "wasxfail"):
+            record = self.session.items.get(item.nodeid)
+            comparison = record.comparison if record is not None else None
+            if comparison is not None and comparison["status"] in ("regressed", "refused"):
+                report.outcome = "failed"
+                report.longrepr = f"{comparison['message']} (xfail does not excuse a change against the baseline)"
+                del report.wasxfail
+        return report
 
     def _compare(self, item: pytest.Item) -> str | None:
         """Compare an item with the baseline; return the failure message when it must fail."""
@@ -323,10 +377,35 @@ class AdrobustPlugin:
             if not self.session.evaluations:
                 return
             self.report_data = build_report(self.session, time.time() - self.session.started)
+        self._check_baseline_coverage(self.report_data)
         write_outputs(self.report_data, self.session.run, self.outputs)
         if self.outputs.errors and session.exitstatus == 0:
-            # A requested output that could not be written must not pass unnoticed in CI.
+            # An output that could not be written, or a gate that compared nothing, must fail CI.
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def _check_baseline_coverage(self, report: dict[str, Any]) -> None:
+        """Name the baseline items this run did not match, and fail a gate that compared nothing.
+
+        Item ids name the dataset, shot count and budget, so changing those settings turns every
+        comparison into a new item, which does not fail on its own.
+        """
+        if self.baseline is None:
+            return
+        name = self.session.run.compare
+        run_ids = {item["nodeid"] for item in report["items"]}
+        unmatched = sorted(set(self.baseline["items"]) - run_ids)
+        if unmatched:
+            self.outputs.notes.append(
+                f"baseline {name!r}: {len(unmatched)} of its items did not run, such as {unmatched[0]!r}; item ids "
+                "name the dataset, shots and eps, so a changed setting makes new items instead of comparisons"
+            )
+        statuses = [item["comparison"]["status"] for item in report["items"] if item.get("comparison")]
+        if self.session.run.compare_fail and statuses and all(status == "new" for status in statuses):
+            self.outputs.errors.append(
+                f"--adrobust-compare-fail compared nothing: none of the {len(statuses)} items of this run is in "
+                f"baseline {name!r}. Restore the settings the baseline was saved with, or save a new one with "
+                f"--adrobust-save {name} --adrobust-overwrite"
+            )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self._xdist() == "worker" or self.report_data is None:

@@ -371,7 +371,7 @@ def test_compare_without_entry_new() -> None:
     ("field", "current", "words"),
     [
         pytest.param("weights", "b" * 64, "weights", id="weights"),
-        pytest.param("files_sha256", "e" * 64, "dataset files", id="dataset-files"),
+        pytest.param("files_sha256", "e" * 64, "selected image files", id="selected-files"),
         pytest.param("shots", 8, "shots", id="shots"),
         pytest.param("eps", "4/255", "eps", id="eps"),
         pytest.param("detector", "detector-4567", "detector fingerprint", id="detector"),
@@ -625,6 +625,10 @@ def damaged_files(directory: Path) -> dict[str, Path]:
     items_list["items"] = list(items_list["items"].values())
     no_fingerprint = valid_baseline_data()
     del no_fingerprint["items"]["tests/test_a.py::test_parts[0]"]["fingerprint"]
+    no_seed = valid_baseline_data()
+    del no_seed["items"]["tests/test_a.py::test_parts[0]"]["fingerprint"]["seed"]
+    text_metric = valid_baseline_data()
+    text_metric["items"]["tests/test_a.py::test_parts[0]"]["metrics"]["auroc_drop"] = "abc"
     return {
         "missing": directory / "missing.json",
         "invalid-json": write_text(directory / "invalid-json.json", '{"schema": "pytest-adrobust-baseline",'),
@@ -634,6 +638,8 @@ def damaged_files(directory: Path) -> dict[str, Path]:
         "other-version": write_text(directory / "other-version.json", json.dumps(other_version)),
         "items-list": write_text(directory / "items-list.json", json.dumps(items_list)),
         "no-fingerprint": write_text(directory / "no-fingerprint.json", json.dumps(no_fingerprint)),
+        "no-seed": write_text(directory / "no-seed.json", json.dumps(no_seed)),
+        "text-metric": write_text(directory / "text-metric.json", json.dumps(text_metric)),
     }
 
 
@@ -646,6 +652,8 @@ CASES = [
     "other-version",
     "items-list",
     "no-fingerprint",
+    "no-seed",
+    "text-metric",
 ]
 
 # Cases whose error message names a fix. The others name only the problem.
@@ -709,6 +717,15 @@ def test_no_fingerprint_names_item(tmp_path: Path) -> None:
     assert "'tests/test_a.py::test_parts[0]'" in str(raised.value)
 
 
+def test_damaged_entry_names_field_and_value(tmp_path: Path) -> None:
+    files = damaged_files(tmp_path)
+
+    with pytest.raises(AdrobustError, match="lacks the fingerprint fields seed"):
+        load_baseline(files["no-seed"])
+    with pytest.raises(AdrobustError, match="has metric auroc_drop = 'abc', which is not a number"):
+        load_baseline(files["text-metric"])
+
+
 # write_json_atomic
 
 
@@ -750,3 +767,4 @@ def test_unserialisable_data_leaves_nothing(tmp_path: Path) -> None:
         write_json_atomic(path, {"auroc": math.nan})
 
     assert list(tmp_path.iterdir()) == []
+

@@ -181,7 +181,7 @@ def test_compare_refuses_changed_dataset(suite: pytest.Pytester) -> None:
     result = run(suite, "--adrobust-compare")
 
     assert result.ret == pytest.ExitCode.TESTS_FAILED
-    result.stdout.fnmatch_lines(["*dataset files (an image was added, removed or changed): baseline *"])
+    result.stdout.fnmatch_lines(["*selected image files (the files changed*: baseline *"])
 
 
 def test_compare_new_item_is_not_failed(suite: pytest.Pytester) -> None:
@@ -191,6 +191,49 @@ def test_compare_new_item_is_not_failed(suite: pytest.Pytester) -> None:
 
     result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["baseline 'baseline': 1 new, 3 ok"])
+
+
+def test_compare_fail_fails_run_that_compared_nothing(suite: pytest.Pytester) -> None:
+    assert run(suite, "--adrobust-save").ret == 0
+
+    # Shots are part of each item id, so a changed shot count matches no baseline item.
+    result = run(suite, "--adrobust-compare", "--adrobust-compare-fail=auroc_drop:+0.02", "--adrobust-shots=3")
+
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert (
+        "baseline 'baseline': 3 of its items did not run, such as 'test_suite.py::test_robust[folder-parts-2shot-eps0]'"
+        in result.stdout.str()
+    )
+    result.stdout.fnmatch_lines(
+        ["*--adrobust-compare-fail compared nothing: none of the 3 items of this run is in baseline 'baseline'*"]
+    )
+
+
+XFAIL_TEST = """
+import pytest
+
+@pytest.mark.xfail(strict=True, reason="ECE is never exactly 0 on a handful of images")
+@pytest.mark.adrobust(max_ece=0.0)
+def test_fragile(adrobust_case):
+    adrobust_case.check()
+"""
+
+
+def test_compare_fail_fails_regressed_xfail_item(suite: pytest.Pytester) -> None:
+    suite.makepyfile(test_suite=XFAIL_TEST)
+    assert run(suite, "--adrobust-save", "-k", "eps8").ret == 0
+    unchanged = run(suite, "--adrobust-compare", "--adrobust-compare-fail=auroc_drop:+0.02", "-k", "eps8")
+    baseline = baseline_file(suite)
+    data = json.loads(baseline.read_text())
+    data["items"]["test_suite.py::test_fragile[folder-parts-2shot-eps8/255]"]["metrics"]["auroc_drop"] -= 0.05
+    baseline.write_text(json.dumps(data))
+
+    result = run(suite, "--adrobust-compare", "--adrobust-compare-fail=auroc_drop:+0.02", "-k", "eps8")
+
+    unchanged.assert_outcomes(xfailed=1)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*auroc_drop regressed against baseline*(xfail does not excuse a change against the baseline)*"])
 
 
 @pytest.mark.parametrize(
@@ -230,6 +273,29 @@ def test_compare_fail_rejects_bad_expression(suite: pytest.Pytester) -> None:
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*invalid tolerance 'auroc_drop:0.02'*"])
+
+
+def test_separated_path_value_is_usage_error(suite: pytest.Pytester) -> None:
+    (suite.path / "report.json").write_text("{}")
+
+    result = run(suite, "--adrobust-report", "report.json")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--adrobust-report 'report.json': pytest picks its rootdir*Write --adrobust-report=report.json"])
+
+
+def test_optional_name_before_test_path_is_usage_error(suite: pytest.Pytester) -> None:
+    result = run(suite, "--adrobust-compare", "test_suite.py")
+
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*Write --adrobust-compare=test_suite.py, or put the test path before --adrobust-compare"])
+
+
+def test_no_unknown_mark_warning_without_xdist(suite: pytest.Pytester) -> None:
+    result = run(suite, "-p", "no:xdist", "-k", "eps0")
+
+    result.assert_outcomes(passed=1)
+    assert "xdist_group" not in result.stdout.str()
 
 
 # Statistics: determinism and the interval gate.
