@@ -246,7 +246,7 @@ def _entry_problem(entry: Any) -> str | None:
     if missing:
         return f"lacks the fingerprint fields {', '.join(missing)}"
     for metric, value in entry["metrics"].items():
-        # Metrics are numbers, or null where a metric is undefined; anything else was edited in.
+        # A saved metric is a number, or null where it is undefined, so anything else was edited in.
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return f"has metric {metric} = {value!r}, which is not a number"
     return None

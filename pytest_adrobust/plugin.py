@@ -118,7 +118,7 @@ def check_separated_values(args: list[str], invocation_dir: Path) -> None:
     for flag, value in zip(args, args[1:]):
         if flag not in value_flags or value.startswith("-"):
             continue
-        if value == "" or (invocation_dir / value).exists():
+        if value == "" or _is_existing_path(invocation_dir / value):
             raise AdrobustError(
                 f"{flag} {value!r}: pytest picks its rootdir and ini file before plugins load and takes an "
                 f"existing path after a space for a test path, so this run would read another configuration. "
@@ -127,6 +127,13 @@ def check_separated_values(args: list[str], invocation_dir: Path) -> None:
                 )
             )
 
+
+def _is_existing_path(path: Path) -> bool:
+    # A value such as a long tolerance list is no path at all: stat rejects it with OSError or ValueError.
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
 
 
 def pytest_configure(config: pytest.Config) -> None:

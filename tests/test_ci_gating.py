@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pytest_adrobust.plugin import check_separated_values
 from pytest_adrobust.report import SCHEMA_VERSION
 from tests.synthetic import TINY_DETECTOR_CONFTEST, write_parts_dataset
 
@@ -289,6 +290,11 @@ def test_optional_name_before_test_path_is_usage_error(suite: pytest.Pytester) -
 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*Write --adrobust-compare=test_suite.py, or put the test path before --adrobust-compare"])
+
+
+def test_overlong_value_is_not_a_path(tmp_path: Path) -> None:
+    # A name longer than the file system allows makes stat raise OSError instead of reporting no file.
+    check_separated_values(["--adrobust-compare-fail", "auroc:-2% " * 40], tmp_path)
 
 
 def test_no_unknown_mark_warning_without_xdist(suite: pytest.Pytester) -> None:
